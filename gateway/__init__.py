@@ -1,0 +1,1 @@
+"""The public face: pass-through proxy, async intake and bulk status, on one aiohttp app."""

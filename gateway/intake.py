@@ -1,0 +1,180 @@
+"""Async intake: request -> operations -> store (pending) -> publish (confirmed) -> 202.
+
+The gateway answers 202 only once the broker has confirmed every message of the
+request; any failure withdraws the bulk from the store and answers 503, so a
+non-202 answer leaves nothing that will ever be replayed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from asyncgate.envelope import Envelope, operation_id
+from asyncgate.errors import PublishError
+from asyncgate.jsonutil import dumps
+from asyncgate.logs import get_logger
+from asyncgate.routes import WRITE_METHODS, RestPath, find_route
+from asyncgate.settings import Settings
+from asyncgate.store.base import NewBulk, NewOperation, OperationStatus
+from asyncgate.transport import Outgoing
+from gateway.errors import magento_error
+from gateway.forwarding import ClientInfo
+from gateway.identity import caller_of
+from gateway.keys import STORE, TRANSPORT
+from gateway.operations import BadRequest, Item, bulk_items, decode_body, single_item
+
+log = get_logger("asyncgate.intake")
+
+CANNOT_PROCESS = "Specified request cannot be processed."
+DEFAULT_ROUTE = "async"
+RETRY_AFTER_SECONDS = "5"
+
+
+async def handle(
+    request: web.Request,
+    settings: Settings,
+    client: ClientInfo,
+    rest: RestPath,
+    explicit: bool,
+) -> web.Response:
+    method = request.method
+    if method not in WRITE_METHODS:
+        return magento_error(400, CANNOT_PROCESS)
+    if explicit and find_route(settings.compiled_deny, method, rest.v1_path) is not None:
+        return magento_error(400, CANNOT_PROCESS)
+    route = find_route(settings.compiled_routes, method, rest.v1_path)
+    policy = route.policy if route is not None else None
+    route_name = policy.name if policy is not None else DEFAULT_ROUTE
+    queue = policy.queue if policy is not None else "default"
+
+    try:
+        raw = await _read_limited(request, settings.intake.max_body_bytes)
+    except _TooLarge:
+        response = magento_error(413, "Request body is too large.")
+        response.force_close()
+        return response
+    try:
+        text, parsed = decode_body(raw)
+        if rest.is_bulk:
+            items = bulk_items(rest.v1_path, parsed, settings.intake.max_bulk_items)
+        else:
+            items = single_item(rest.v1_path, text)
+    except BadRequest as exc:
+        return magento_error(400, str(exc))
+
+    caller = caller_of(request)
+    bulk_uuid = str(uuid.uuid4())
+    now = time.time()
+    query = request.raw_path.partition("?")[2]
+    headers = tuple(
+        (name, value)
+        for name in settings.intake.forward_headers
+        for value in request.headers.getall(name, [])
+    )
+    topic = f"async{rest.v1_path.replace('/', '.')}.{method}"
+    bulk = NewBulk(
+        bulk_uuid=bulk_uuid,
+        description=f"{route_name}: {method} {rest.v1_path}",
+        owner=caller.owner,
+        user_type=caller.user_type,
+        start_time=datetime.fromtimestamp(now, UTC),
+        operations=tuple(_new_operation(item, topic) for item in items),
+    )
+    messages = [
+        Outgoing(
+            queue=queue,
+            message_id=operation_id(bulk_uuid, item.index),
+            body=Envelope(
+                operation_id=operation_id(bulk_uuid, item.index),
+                bulk_uuid=bulk_uuid,
+                index=item.index,
+                route=route_name,
+                queue=queue,
+                method=method,
+                path=rest.replay_path(item.v1_path),
+                query=query,
+                headers=headers,
+                body=item.body,
+                client=client.address,
+                received_at=now,
+            ).to_bytes(),
+        )
+        for item in items
+        if item.error is None
+    ]
+    store = request.app[STORE]
+    try:
+        await store.record_bulk(bulk)
+    except Exception as exc:  # the store is down or locked: refuse, nothing queued
+        log.error("store_record_failed", bulk_uuid=bulk_uuid, error=repr(exc))
+        return _unavailable("The operation store is unavailable. Try again later.")
+    try:
+        if messages:
+            await request.app[TRANSPORT].publish(messages)
+    except PublishError as exc:
+        await store.withdraw_bulk(bulk_uuid)
+        log.warning("publish_failed", bulk_uuid=bulk_uuid, route=route_name, error=str(exc))
+        return _unavailable("The message queue is unavailable. Try again later.")
+    await store.accept_bulk(bulk_uuid)
+    log.info(
+        "bulk_accepted",
+        bulk_uuid=bulk_uuid,
+        route=route_name,
+        method=method,
+        operations=len(messages),
+        rejected=len(items) - len(messages),
+    )
+    return web.Response(
+        status=202,
+        body=dumps(
+            {
+                "bulk_uuid": bulk_uuid,
+                "request_items": [_request_item(item) for item in items],
+                "errors": any(item.error is not None for item in items),
+            }
+        ),
+        content_type="application/json",
+    )
+
+
+def _new_operation(item: Item, topic: str) -> NewOperation:
+    if item.error is None:
+        return NewOperation(item.index, topic, OperationStatus.OPEN, item.body)
+    return NewOperation(item.index, topic, OperationStatus.REJECTED, item.body, item.error, 400)
+
+
+def _request_item(item: Item) -> dict[str, object]:
+    out: dict[str, object] = {
+        "id": item.index,
+        "data_hash": item.data_hash,
+        "status": "accepted" if item.error is None else "rejected",
+    }
+    if item.error is not None:
+        out["error_message"] = item.error
+        out["error_code"] = 400
+    return out
+
+
+def _unavailable(message: str) -> web.Response:
+    return magento_error(503, message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    seen = 0
+    async for chunk in request.content.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

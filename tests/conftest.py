@@ -1,0 +1,120 @@
+"""Shared fixtures: real servers on loopback, real RabbitMQ, real stores; nothing mocked.
+
+Each test gets its own exchange name, so its queues are its own and are deleted after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiormq
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from asyncgate.settings import Settings, settings_from_mapping
+from gateway.app import create_app
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+StartServer = Callable[[web.Application], Awaitable[URL]]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def exchange_name() -> str:
+    return f"agtest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def made_settings() -> list[Settings]:
+    return []
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Any, exchange_name: str, made_settings: list[Settings]
+) -> Callable[..., Settings]:
+    """Settings for a test: its own exchange and an SQLite store in tmp_path."""
+
+    def make(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> Settings:
+        raw = {
+            "upstream": {"url": str(upstream_url), "connect_timeout": 2, "read_timeout": 5},
+            "broker": {"url": BROKER_URL, "exchange": exchange_name, "confirm_timeout": 5},
+            "store": {"url": f"sqlite:///{tmp_path}/store.db"},
+            "retry": {"base_delay": 1, "max_delay": 2, "delay_tiers": [1, 2]},
+        }
+        settings = settings_from_mapping(deep_merge(raw, sections))
+        made_settings.append(settings)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Run an aiohttp app on a free loopback port, as the real entry point does."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> URL:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return URL(f"http://127.0.0.1:{port}")
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def start_gateway(start_server: StartServer) -> Callable[[Settings], Awaitable[URL]]:
+    async def start(settings: Settings) -> URL:
+        return await start_server(create_app(settings))
+
+    return start
+
+
+def queue_names(settings: Settings) -> list[str]:
+    x = settings.broker.exchange
+    names = [f"{x}.work.{q}" for q in settings.queues]
+    names += [f"{x}.delay.{t}s" for t in settings.retry.delay_tiers]
+    return [*names, f"{x}.dead"]
+
+
+@pytest.fixture(autouse=True)
+async def broker(made_settings: list[Settings]) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A channel for inspecting this test's queues; deletes them afterwards."""
+    conn = await aiormq.connect(BROKER_URL)
+    channel = await conn.channel()
+    yield channel
+    for settings in made_settings:
+        for name in queue_names(settings):
+            cleanup = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await cleanup.queue_delete(name)
+        for suffix in ("", ".requeue"):
+            cleanup = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                await cleanup.exchange_delete(settings.broker.exchange + suffix)
+    await conn.close()
+
+
+async def queue_ready(channel: aiormq.abc.AbstractChannel, queue: str) -> int:
+    ok = await channel.queue_declare(queue, passive=True)
+    return int(ok.message_count or 0)
