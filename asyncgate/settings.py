@@ -72,7 +72,7 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    url: str = "sqlite:///var/lib/asyncgate/asyncgate.db"
+    url: str = "sqlite:////var/lib/asyncgate/asyncgate.db"
     # Bulks older than this many days are purged, as Magento's system/bulk/lifetime.
     bulk_lifetime_days: float = 60.0
 

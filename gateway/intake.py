@@ -7,6 +7,7 @@ non-202 answer leaves nothing that will ever be replayed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -119,7 +120,14 @@ async def handle(
         await store.withdraw_bulk(bulk_uuid)
         log.warning("publish_failed", bulk_uuid=bulk_uuid, route=route_name, error=str(exc))
         return _unavailable("The message queue is unavailable. Try again later.")
-    await store.accept_bulk(bulk_uuid)
+    try:
+        await store.accept_bulk(bulk_uuid)
+    except Exception as exc:
+        # Unaccepted, the published messages are dropped by the consumer: a 503 is true.
+        log.error("store_accept_failed", bulk_uuid=bulk_uuid, error=repr(exc))
+        with contextlib.suppress(Exception):
+            await store.withdraw_bulk(bulk_uuid)
+        return _unavailable("The operation store is unavailable. Try again later.")
     log.info(
         "bulk_accepted",
         bulk_uuid=bulk_uuid,

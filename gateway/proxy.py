@@ -91,7 +91,7 @@ async def pass_through(
             data=body.__aiter__() if body is not None else None,
             allow_redirects=False,
         )
-    except (BodyTooLarge, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, BodyTooLarge, aiohttp.ClientError) as exc:
         if body is not None and body.too_large:
             return _refuse(request, 413, "Request body is too large.")
         if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
@@ -102,7 +102,7 @@ async def pass_through(
         return magento_error(502, "The upstream server could not be reached.")
     try:
         return await _relay(request, upstream)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         # The answer has begun: the only honest move is to cut the client's connection.
         log.warning("upstream_stream_broken", path=request.path, error=repr(exc))
         raise

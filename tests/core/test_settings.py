@@ -86,7 +86,14 @@ def test_missing_variable_without_default_is_an_error() -> None:
 @pytest.mark.parametrize("module", ["gateway", "consumer"])
 def test_check_config_exit_status(module: str, tmp_path: Path) -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", module, "--config", str(ROOT / "config/routes.yaml"), "--check-config"],
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--config",
+            str(ROOT / "config/routes.yaml"),
+            "--check-config",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -97,9 +97,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def test_method_raw_path_query_and_status_pass_byte_for_byte(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
-    up, up_url = upstream
+    _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))
     raw = "/rest/all/V1/products/a%2Fb%20c?searchCriteria[pageSize]=5&q=%C3%A9"
     async with http.request("PATCH", URL(str(gw) + raw, encoded=True), data=b"{}") as r:
@@ -128,7 +131,10 @@ async def test_any_method_passes(
 
 
 async def test_no_content_status_is_preserved(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))
@@ -138,9 +144,12 @@ async def test_no_content_status_is_preserved(
 
 
 async def test_hop_by_hop_request_headers_dropped_and_forwarding_headers_set(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
-    up, up_url = upstream
+    _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))
     headers = {
         "Connection": "keep-alive, X-Custom-Hop, X-Forwarded-For, Via",
@@ -172,7 +181,10 @@ async def test_hop_by_hop_request_headers_dropped_and_forwarding_headers_set(
 
 
 async def test_trusted_proxy_forwarding_headers_are_extended(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url, gateway={"trusted_proxies": ["127.0.0.0/8"]}))
@@ -191,7 +203,10 @@ async def test_trusted_proxy_forwarding_headers_are_extended(
 
 
 async def test_host_can_be_the_upstreams(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url, gateway={"upstream_host": "upstream"}))
@@ -216,7 +231,10 @@ async def test_no_automatic_request_headers_added(
 
 
 async def test_response_headers_repeated_kept_and_hop_by_hop_dropped(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))
@@ -227,7 +245,10 @@ async def test_response_headers_repeated_kept_and_hop_by_hop_dropped(
 
 
 async def test_compressed_body_passes_untouched(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))
@@ -239,9 +260,12 @@ async def test_compressed_body_passes_untouched(
 
 
 async def test_100mb_upload_and_download_stream_with_flat_rss(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
-    up, up_url = upstream
+    _, up_url = upstream
     gw = await start_gateway(make_settings(up_url, gateway={"max_body_bytes": 200 * 1024 * 1024}))
     block = b"y" * (1024 * 1024)
 
@@ -276,7 +300,10 @@ async def test_upstream_refusing_connections_gives_502(
 
 
 async def test_slow_upstream_gives_504_and_client_abort_cancels_upstream(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     up, up_url = upstream
     gw = await start_gateway(make_settings(up_url, upstream={"read_timeout": 0.5}))
@@ -292,7 +319,10 @@ async def test_slow_upstream_gives_504_and_client_abort_cancels_upstream(
 
 
 async def test_oversized_body_gives_413_declared_or_streamed(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     up, up_url = upstream
     gw = await start_gateway(make_settings(up_url, gateway={"max_body_bytes": 1000}))
@@ -310,7 +340,10 @@ async def test_oversized_body_gives_413_declared_or_streamed(
 
 
 async def test_garbage_request_gets_400_and_gateway_keeps_serving(
-    upstream: tuple[Upstream, URL], make_settings: Any, start_gateway: Any, http: aiohttp.ClientSession
+    upstream: tuple[Upstream, URL],
+    make_settings: Any,
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
 ) -> None:
     _, up_url = upstream
     gw = await start_gateway(make_settings(up_url))

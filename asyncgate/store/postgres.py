@@ -1,0 +1,318 @@
+"""The PostgreSQL store: a small asyncpg pool, one short transaction per write.
+
+Concurrent intake needs no batching here: PostgreSQL commits concurrent transactions
+together by itself, and each record_bulk sends its operations in one executemany.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from asyncgate.store.base import (
+    BulkFilter,
+    BulkView,
+    NewBulk,
+    OperationOutcome,
+    OperationState,
+    OperationStatus,
+    OperationView,
+    Store,
+    UserType,
+)
+from asyncgate.store.queries import BULK_COLUMNS, OPERATION_COLUMNS, Dialect, search_query
+
+# Held while migrating, so that two processes starting at once migrate one after the other.
+_MIGRATION_LOCK = 0x6173796E63676174  # "asyncgat"
+# Expired nonces are deleted at most this often: a sweep per request would double the writes.
+_NONCE_SWEEP_SECONDS = 60.0
+
+# Version N is _MIGRATIONS[N - 1]; a step is never edited once released, only appended.
+# bulk_uuid sorts by bytes ("C"), as in SQLite, whatever the database's locale.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE bulks (
+            bulk_uuid text COLLATE "C" PRIMARY KEY,
+            description text NOT NULL,
+            owner text NOT NULL,
+            user_type integer NOT NULL,
+            start_time timestamptz NOT NULL,
+            accepted boolean NOT NULL DEFAULT false
+        )""",
+        "CREATE INDEX bulks_owner_start_time ON bulks (owner, start_time)",
+        "CREATE INDEX bulks_start_time ON bulks (start_time)",
+        """CREATE TABLE operations (
+            bulk_uuid text COLLATE "C" NOT NULL REFERENCES bulks ON DELETE CASCADE,
+            idx integer NOT NULL,
+            topic text NOT NULL,
+            status integer NOT NULL,
+            serialized_data text NOT NULL,
+            result_message text,
+            result_serialized_data text,
+            error_code integer,
+            attempts integer NOT NULL DEFAULT 0,
+            http_status integer,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (bulk_uuid, idx)
+        )""",
+        "CREATE INDEX operations_bulk_status ON operations (bulk_uuid, status)",
+        """CREATE TABLE nonces (
+            consumer_key text NOT NULL,
+            nonce text NOT NULL,
+            expires_at timestamptz NOT NULL,
+            PRIMARY KEY (consumer_key, nonce)
+        )""",
+        "CREATE INDEX nonces_expires_at ON nonces (expires_at)",
+    ),
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time as an aware UTC datetime (naive = UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _numbered(sql: str) -> str:
+    """Shared SQL's ``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
+    counter = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def _changed(status: str) -> int:
+    """Rows changed, from a command status such as "UPDATE 3"."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+_DIALECT = Dialect(
+    like="ILIKE",
+    start_time_text="to_char(b.start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+    timestamp=_utc,
+)
+
+
+class PostgresStore(Store):
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 5) -> None:
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: Any = None  # asyncpg.Pool once open
+        self._next_nonce_sweep = 0.0
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=self._min_size, max_size=self._max_size
+        )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def ping(self) -> None:
+        await self._p.fetchval("SELECT 1")
+
+    @property
+    def _p(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        return self._pool
+
+    async def _migrate(self) -> None:
+        async with self._p.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            if current > len(_MIGRATIONS):
+                raise RuntimeError(
+                    f"the database has schema version {current}; this program knows up to"
+                    f" {len(_MIGRATIONS)}: upgrade it"
+                )
+            for version, steps in enumerate(_MIGRATIONS[current:], start=current + 1):
+                for sql in steps:
+                    await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    # --- gateway: intake ----------------------------------------------------------------
+    async def record_bulk(self, bulk: NewBulk) -> None:
+        now = datetime.now(UTC)
+        async with self._p.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO bulks (bulk_uuid, description, owner, user_type, start_time)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                bulk.bulk_uuid,
+                bulk.description,
+                bulk.owner,
+                int(bulk.user_type),
+                _utc(bulk.start_time),
+            )
+            await conn.executemany(
+                "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data,"
+                " result_message, error_code, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                [
+                    (
+                        bulk.bulk_uuid,
+                        op.index,
+                        op.topic,
+                        int(op.status),
+                        op.serialized_data,
+                        op.result_message,
+                        op.error_code,
+                        now,
+                    )
+                    for op in bulk.operations
+                ],
+            )
+
+    async def accept_bulk(self, bulk_uuid: str) -> None:
+        status = await self._p.execute(
+            "UPDATE bulks SET accepted = true WHERE bulk_uuid = $1", bulk_uuid
+        )
+        if not _changed(status):
+            raise LookupError(
+                f"bulk {bulk_uuid} is unknown: withdrawn (as stale?) before its accept"
+            )
+
+    async def withdraw_bulk(self, bulk_uuid: str) -> None:
+        # An accepted bulk stays: its messages are out.
+        await self._p.execute("DELETE FROM bulks WHERE bulk_uuid = $1 AND NOT accepted", bulk_uuid)
+
+    # --- consumer: replay ---------------------------------------------------------------
+    async def operation_state(self, bulk_uuid: str, index: int) -> OperationState | None:
+        row = await self._p.fetchrow(
+            "SELECT o.status, o.attempts, b.accepted, b.start_time FROM operations o"
+            " JOIN bulks b ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = $1 AND o.idx = $2",
+            bulk_uuid,
+            index,
+        )
+        if row is None:
+            return None
+        return OperationState(OperationStatus(row[0]), row[1], row[2], row[3])
+
+    async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
+        # An operation that is gone (withdrawn, purged) is not recreated.
+        await self._p.execute(
+            "UPDATE operations SET status = $3, attempts = $4, http_status = $5,"
+            " result_message = $6, result_serialized_data = $7, error_code = $8,"
+            " updated_at = $9 WHERE bulk_uuid = $1 AND idx = $2",
+            bulk_uuid,
+            index,
+            int(outcome.status),
+            outcome.attempts,
+            outcome.http_status,
+            outcome.result_message,
+            outcome.result_serialized_data,
+            outcome.error_code,
+            datetime.now(UTC),
+        )
+
+    # --- operator -----------------------------------------------------------------------
+    async def reopen_failed(self, bulk_uuid: str) -> list[int]:
+        rows = await self._p.fetch(
+            "UPDATE operations SET status = 4 WHERE bulk_uuid = $1 AND status = 2 RETURNING idx",
+            bulk_uuid,
+        )
+        return sorted(row[0] for row in rows)
+
+    async def reopen(self, bulk_uuid: str, index: int) -> None:
+        await self._p.execute(
+            "UPDATE operations SET status = 4 WHERE bulk_uuid = $1 AND idx = $2", bulk_uuid, index
+        )
+
+    async def purge(self, older_than: datetime) -> int:
+        status = await self._p.execute("DELETE FROM bulks WHERE start_time < $1", _utc(older_than))
+        return _changed(status)
+
+    async def withdraw_stale_pending(self, older_than: datetime) -> int:
+        status = await self._p.execute(
+            "DELETE FROM bulks WHERE start_time < $1 AND NOT accepted", _utc(older_than)
+        )
+        return _changed(status)
+
+    # --- gateway: status endpoints ------------------------------------------------------
+    async def bulk(self, bulk_uuid: str) -> BulkView | None:
+        row = await self._p.fetchrow(
+            f"SELECT {BULK_COLUMNS} FROM bulks b WHERE b.bulk_uuid = $1 AND b.accepted",
+            bulk_uuid,
+        )
+        return None if row is None else _bulk_view(row)
+
+    async def operations(self, bulk_uuid: str) -> list[OperationView]:
+        rows = await self._p.fetch(
+            f"SELECT {OPERATION_COLUMNS} FROM operations o JOIN bulks b"
+            " ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = $1 AND b.accepted ORDER BY o.idx",
+            bulk_uuid,
+        )
+        return [_operation_view(row) for row in rows]
+
+    async def count_status(self, bulk_uuid: str, status: int) -> int:
+        count = await self._p.fetchval(
+            "SELECT COUNT(*) FROM operations o JOIN bulks b ON b.bulk_uuid = o.bulk_uuid"
+            " WHERE o.bulk_uuid = $1 AND o.status = $2 AND b.accepted",
+            bulk_uuid,
+            status,
+        )
+        return int(count)
+
+    async def search(
+        self,
+        owner: str,
+        filters: list[list[BulkFilter]],
+        page_size: int,
+        current_page: int,
+    ) -> tuple[list[BulkView], int]:
+        query = search_query(owner, filters, page_size, current_page, _DIALECT)
+        # One snapshot for both, so that the total agrees with the page.
+        async with (
+            self._p.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            total = await conn.fetchval(_numbered(query.count_sql), *query.count_params)
+            rows = await conn.fetch(_numbered(query.page_sql), *query.page_params)
+        return [_bulk_view(row) for row in rows], int(total)
+
+    # --- security -----------------------------------------------------------------------
+    async def use_nonce(self, consumer_key: str, nonce: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        async with self._p.acquire() as conn, conn.transaction():
+            if time.monotonic() >= self._next_nonce_sweep:
+                self._next_nonce_sweep = time.monotonic() + _NONCE_SWEEP_SECONDS
+                await conn.execute("DELETE FROM nonces WHERE expires_at <= $1", now)
+            # Inserts, or revives an expired row; returns no row when the nonce is still live.
+            used = await conn.fetchval(
+                "INSERT INTO nonces (consumer_key, nonce, expires_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (consumer_key, nonce) DO UPDATE SET expires_at = excluded.expires_at"
+                " WHERE nonces.expires_at <= $4 RETURNING true",
+                consumer_key,
+                nonce,
+                _utc(expires_at),
+                now,
+            )
+        return used is not None
+
+
+def _bulk_view(row: Any) -> BulkView:
+    uuid, description, owner, user_type, start_time, count = row
+    return BulkView(uuid, description, owner, UserType(user_type), start_time, count)
+
+
+def _operation_view(row: Any) -> OperationView:
+    index, topic, status, data, message, result, error_code, attempts, http, updated_at = row
+    return OperationView(
+        index, topic, OperationStatus(status), data, message, result, error_code, attempts, http,
+        updated_at,
+    )  # fmt: skip

@@ -1,0 +1,412 @@
+"""The SQLite store: one database file that the gateway and consumer processes share.
+
+Every write goes through one writer task that commits all the writes waiting for it in
+one transaction (group commit), so a burst of intake requests costs a few commits, not
+one each; each caller resumes once its write is committed. Reads use a second
+connection: they see committed data only and never wait behind a batch. WAL lets
+readers run while either process writes, and busy_timeout makes one process's writer
+wait for the other's instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from asyncgate.store.base import (
+    BulkFilter,
+    BulkView,
+    NewBulk,
+    OperationOutcome,
+    OperationState,
+    OperationStatus,
+    OperationView,
+    Store,
+    UserType,
+)
+from asyncgate.store.queries import BULK_COLUMNS, OPERATION_COLUMNS, Dialect, search_query
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_MS = 5000
+# Writes per transaction: bounds how long the other process waits for the write lock.
+_MAX_BATCH = 128
+# Expired nonces are deleted at most this often: a sweep per request would double the writes.
+_NONCE_SWEEP_SECONDS = 60.0
+
+# Version N is _MIGRATIONS[N - 1]; a step is never edited once released, only appended.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE bulks (
+            bulk_uuid TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            user_type INTEGER NOT NULL,
+            start_time TEXT NOT NULL,
+            accepted BOOLEAN NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX bulks_owner_start_time ON bulks (owner, start_time)",
+        "CREATE INDEX bulks_start_time ON bulks (start_time)",
+        """CREATE TABLE operations (
+            bulk_uuid TEXT NOT NULL REFERENCES bulks (bulk_uuid) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            serialized_data TEXT NOT NULL,
+            result_message TEXT,
+            result_serialized_data TEXT,
+            error_code INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            http_status INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (bulk_uuid, idx)
+        )""",
+        "CREATE INDEX operations_bulk_status ON operations (bulk_uuid, status)",
+        """CREATE TABLE nonces (
+            consumer_key TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            PRIMARY KEY (consumer_key, nonce)
+        )""",
+        "CREATE INDEX nonces_expires_at ON nonces (expires_at)",
+    ),
+)
+
+
+def _ts(moment: datetime) -> str:
+    """A time as UTC text of fixed width, so that text order is time order (naive = UTC)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _now() -> str:
+    return _ts(datetime.now(UTC))
+
+
+_DIALECT = Dialect(like="LIKE", start_time_text="substr(b.start_time, 1, 19)", timestamp=_ts)
+
+
+@dataclass(frozen=True)
+class _Write:
+    job: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    future: asyncio.Future[Any]  # settled after the commit
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._next_nonce_sweep = 0.0
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = await self._connect()
+            await _migrate(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute_fetchall("PRAGMA query_only = ON")
+        except BaseException:
+            await self.close()
+            raise
+        self._task = asyncio.create_task(self._write_loop(self._writer))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            task, self._task = self._task, None  # refuse new writes from here on
+            self._queue.put_nowait(None)  # the loop commits what is queued before it, then ends
+            await task
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        if self._task is None or self._task.done():
+            raise RuntimeError("the SQLite store is not open")
+        await self._rows("SELECT 1")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit transactions; batches BEGIN IMMEDIATE themselves.
+        conn = await aiosqlite.connect(self._path, isolation_level=None)
+        try:
+            await conn.execute_fetchall(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await _enable_wal(conn)
+            await conn.execute_fetchall("PRAGMA synchronous = NORMAL")
+            await conn.execute_fetchall("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    # --- the writer ---------------------------------------------------------------------
+    async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Queue a write for the next batch; return its result once committed."""
+        if self._task is None:
+            raise RuntimeError("the SQLite store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Write(job, future))
+        return await future
+
+    async def _write_loop(self, conn: aiosqlite.Connection) -> None:
+        while (write := await self._queue.get()) is not None:
+            batch = [write]
+            while len(batch) < _MAX_BATCH and not self._queue.empty():
+                write = self._queue.get_nowait()
+                if write is None:
+                    self._queue.put_nowait(None)  # close() is waiting: stop after this batch
+                    break
+                batch.append(write)
+            try:
+                await self._flush(conn, batch)
+            except Exception as exc:  # even ROLLBACK failed: no caller may wait forever
+                for w in batch:
+                    _settle(w.future, error=exc)
+
+    async def _flush(self, conn: aiosqlite.Connection, batch: list[_Write]) -> None:
+        batch = [w for w in batch if not w.future.cancelled()]  # their callers are gone
+        if not batch:
+            return
+        try:
+            await conn.execute_fetchall("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # still locked after busy_timeout: nothing can be written
+            for w in batch:
+                _settle(w.future, error=exc)
+            return
+        try:
+            results = [await w.job(conn) for w in batch]
+            await conn.execute_fetchall("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                await conn.execute_fetchall("ROLLBACK")
+            if len(batch) == 1:
+                _settle(batch[0].future, error=exc)
+            else:  # alone, a bad write (duplicate bulk_uuid, unknown bulk) fails only its caller
+                for w in batch:
+                    await self._flush(conn, [w])
+            return
+        for w, result in zip(batch, results, strict=True):
+            _settle(w.future, result=result)
+
+    # --- gateway: intake ----------------------------------------------------------------
+    async def record_bulk(self, bulk: NewBulk) -> None:
+        await self._write(lambda conn: _insert_bulk(conn, bulk, _now()))
+
+    async def accept_bulk(self, bulk_uuid: str) -> None:
+        await self._write(lambda conn: _accept(conn, bulk_uuid))
+
+    async def withdraw_bulk(self, bulk_uuid: str) -> None:
+        # An accepted bulk stays: its messages are out.
+        sql = "DELETE FROM bulks WHERE bulk_uuid = ? AND NOT accepted"
+        await self._write(lambda conn: _changed(conn, sql, (bulk_uuid,)))
+
+    # --- consumer: replay ---------------------------------------------------------------
+    async def operation_state(self, bulk_uuid: str, index: int) -> OperationState | None:
+        rows = await self._rows(
+            "SELECT o.status, o.attempts, b.accepted, b.start_time FROM operations o"
+            " JOIN bulks b ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = ? AND o.idx = ?",
+            (bulk_uuid, index),
+        )
+        if not rows:
+            return None
+        status, attempts, accepted, start_time = rows[0]
+        return OperationState(OperationStatus(status), attempts, bool(accepted), _dt(start_time))
+
+    async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
+        # An operation that is gone (withdrawn, purged) is not recreated.
+        sql = (
+            "UPDATE operations SET status = :status, attempts = :attempts,"
+            " http_status = :http_status, result_message = :result_message,"
+            " result_serialized_data = :result_serialized_data, error_code = :error_code,"
+            " updated_at = :now WHERE bulk_uuid = :bulk_uuid AND idx = :index"
+        )
+        params = dict(vars(outcome), now=_now(), bulk_uuid=bulk_uuid, index=index)
+        await self._write(lambda conn: _changed(conn, sql, params))
+
+    # --- operator -----------------------------------------------------------------------
+    async def reopen_failed(self, bulk_uuid: str) -> list[int]:
+        sql = "UPDATE operations SET status = 4 WHERE bulk_uuid = ? AND status = 2 RETURNING idx"
+        rows = await self._write(lambda conn: conn.execute_fetchall(sql, (bulk_uuid,)))
+        return sorted(idx for (idx,) in rows)
+
+    async def reopen(self, bulk_uuid: str, index: int) -> None:
+        sql = "UPDATE operations SET status = 4 WHERE bulk_uuid = ? AND idx = ?"
+        await self._write(lambda conn: _changed(conn, sql, (bulk_uuid, index)))
+
+    async def purge(self, older_than: datetime) -> int:
+        sql = "DELETE FROM bulks WHERE start_time < ?"
+        return await self._write(lambda conn: _changed(conn, sql, (_ts(older_than),)))
+
+    async def withdraw_stale_pending(self, older_than: datetime) -> int:
+        sql = "DELETE FROM bulks WHERE start_time < ? AND NOT accepted"
+        return await self._write(lambda conn: _changed(conn, sql, (_ts(older_than),)))
+
+    # --- gateway: status endpoints ------------------------------------------------------
+    async def bulk(self, bulk_uuid: str) -> BulkView | None:
+        rows = await self._rows(
+            f"SELECT {BULK_COLUMNS} FROM bulks b WHERE b.bulk_uuid = ? AND b.accepted",
+            (bulk_uuid,),
+        )
+        return _bulk_view(rows[0]) if rows else None
+
+    async def operations(self, bulk_uuid: str) -> list[OperationView]:
+        rows = await self._rows(
+            f"SELECT {OPERATION_COLUMNS} FROM operations o JOIN bulks b"
+            " ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = ? AND b.accepted ORDER BY o.idx",
+            (bulk_uuid,),
+        )
+        return [_operation_view(row) for row in rows]
+
+    async def count_status(self, bulk_uuid: str, status: int) -> int:
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM operations o JOIN bulks b ON b.bulk_uuid = o.bulk_uuid"
+            " WHERE o.bulk_uuid = ? AND o.status = ? AND b.accepted",
+            (bulk_uuid, status),
+        )
+        return int(rows[0][0])
+
+    async def search(
+        self,
+        owner: str,
+        filters: list[list[BulkFilter]],
+        page_size: int,
+        current_page: int,
+    ) -> tuple[list[BulkView], int]:
+        query = search_query(owner, filters, page_size, current_page, _DIALECT)
+        total = await self._rows(query.count_sql, query.count_params)
+        rows = await self._rows(query.page_sql, query.page_params)
+        return [_bulk_view(row) for row in rows], int(total[0][0])
+
+    # --- security -----------------------------------------------------------------------
+    async def use_nonce(self, consumer_key: str, nonce: str, expires_at: datetime) -> bool:
+        return await self._write(
+            lambda conn: self._use_nonce(conn, consumer_key, nonce, _ts(expires_at))
+        )
+
+    async def _use_nonce(
+        self, conn: aiosqlite.Connection, consumer_key: str, nonce: str, expires_at: str
+    ) -> bool:
+        now = _now()
+        if time.monotonic() >= self._next_nonce_sweep:
+            self._next_nonce_sweep = time.monotonic() + _NONCE_SWEEP_SECONDS
+            await conn.execute_fetchall("DELETE FROM nonces WHERE expires_at <= ?", (now,))
+        # Inserts, or revives an expired row; returns no row when the nonce is still live.
+        rows = await conn.execute_fetchall(
+            "INSERT INTO nonces (consumer_key, nonce, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (consumer_key, nonce) DO UPDATE SET expires_at = excluded.expires_at"
+            " WHERE nonces.expires_at <= ? RETURNING 1",
+            (consumer_key, nonce, expires_at, now),
+        )
+        return bool(list(rows))
+
+    async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise RuntimeError("the SQLite store is not open")
+        return list(await self._reader.execute_fetchall(sql, params))
+
+
+def _settle(
+    future: asyncio.Future[Any], result: Any = None, error: Exception | None = None
+) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+async def _enable_wal(conn: aiosqlite.Connection) -> None:
+    """Switching a new file to WAL does not wait on busy_timeout: when two processes
+    open it at once, the loser is told "locked" at once, so try again briefly."""
+    for _ in range(100):
+        try:
+            await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            await asyncio.sleep(0.05)
+    await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Apply the missing migration steps; BEGIN IMMEDIATE makes a second process wait."""
+    await conn.execute_fetchall("BEGIN IMMEDIATE")
+    try:
+        await conn.execute_fetchall(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        rows = list(
+            await conn.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        )
+        current = int(rows[0][0])
+        if current > len(_MIGRATIONS):
+            raise RuntimeError(
+                f"the database has schema version {current}; this program knows up to"
+                f" {len(_MIGRATIONS)}: upgrade it"
+            )
+        for version, steps in enumerate(_MIGRATIONS[current:], start=current + 1):
+            for sql in steps:
+                await conn.execute_fetchall(sql)
+            await conn.execute_fetchall(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, _now())
+            )
+        await conn.execute_fetchall("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute_fetchall("ROLLBACK")
+        raise
+
+
+async def _insert_bulk(conn: aiosqlite.Connection, bulk: NewBulk, now: str) -> None:
+    await conn.execute_fetchall(
+        "INSERT INTO bulks (bulk_uuid, description, owner, user_type, start_time)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (bulk.bulk_uuid, bulk.description, bulk.owner, int(bulk.user_type), _ts(bulk.start_time)),
+    )
+    await conn.executemany(
+        "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data, result_message,"
+        " error_code, created_at, updated_at) VALUES (:bulk_uuid, :index, :topic, :status,"
+        " :serialized_data, :result_message, :error_code, :now, :now)",
+        [dict(vars(op), bulk_uuid=bulk.bulk_uuid, now=now) for op in bulk.operations],
+    )
+
+
+async def _accept(conn: aiosqlite.Connection, bulk_uuid: str) -> None:
+    if not await _changed(conn, "UPDATE bulks SET accepted = 1 WHERE bulk_uuid = ?", (bulk_uuid,)):
+        raise LookupError(f"bulk {bulk_uuid} is unknown: withdrawn (as stale?) before its accept")
+
+
+async def _changed(conn: aiosqlite.Connection, sql: str, params: Iterable[Any]) -> int:
+    """Run one statement; return how many rows it changed."""
+    async with conn.execute(sql, params) as cursor:
+        return cursor.rowcount
+
+
+def _bulk_view(row: sqlite3.Row) -> BulkView:
+    uuid, description, owner, user_type, start_time, count = row
+    return BulkView(uuid, description, owner, UserType(user_type), _dt(start_time), count)
+
+
+def _operation_view(row: sqlite3.Row) -> OperationView:
+    index, topic, status, data, message, result, error_code, attempts, http, updated_at = row
+    return OperationView(
+        index, topic, OperationStatus(status), data, message, result, error_code, attempts, http,
+        _dt(updated_at),
+    )  # fmt: skip

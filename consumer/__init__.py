@@ -1,0 +1,1 @@
+"""The replayer: consumes queued operations and replays each upstream as its synchronous call."""

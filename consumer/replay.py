@@ -1,0 +1,89 @@
+"""Envelope -> the synchronous upstream request, and what came back.
+
+Authentication of the replay is decided by the envelope's ``auth`` field, never
+guessed: ``forward`` sends the forwarded credentials unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from asyncgate.envelope import Envelope
+from asyncgate.settings import Settings
+
+# Upstream answers longer than this are cut in the store (the status API is no file server).
+MAX_STORED_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One replay's result: an HTTP answer, or a transport error (status None)."""
+
+    status: int | None
+    reason: str
+    body: str
+    retry_after: float | None = None
+    error: str | None = None
+
+
+class UnsupportedAuth(ValueError):
+    """The envelope asks for an auth mode this consumer does not speak."""
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=settings.consumer.concurrency),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+        timeout=aiohttp.ClientTimeout(
+            total=settings.consumer.request_timeout, connect=settings.upstream.connect_timeout
+        ),
+    )
+
+
+def request_headers(env: Envelope) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict(env.headers)
+    if env.auth != "forward":
+        raise UnsupportedAuth(f"unknown replay auth mode {env.auth!r}")
+    headers["X-Request-Id"] = env.operation_id
+    headers["Idempotency-Key"] = env.operation_id
+    if env.body and "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+async def replay(session: aiohttp.ClientSession, upstream: str, env: Envelope) -> Attempt:
+    """Send the operation upstream once; never raises for network trouble."""
+    url = URL(
+        upstream.rstrip("/") + env.path + (f"?{env.query}" if env.query else ""), encoded=True
+    )
+    try:
+        async with session.request(
+            env.method,
+            url,
+            headers=request_headers(env),
+            data=env.body.encode() if env.body else None,
+            allow_redirects=False,
+        ) as response:
+            body = await response.content.read(MAX_STORED_BODY)
+            return Attempt(
+                status=response.status,
+                reason=response.reason or "",
+                body=body.decode("utf-8", errors="replace"),
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return Attempt(status=None, reason="", body="", error=repr(exc) or type(exc).__name__)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date; the backoff alone decides

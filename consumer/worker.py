@@ -1,0 +1,252 @@
+"""Consume operations and settle each one: replay, then record, retry or dead-letter, then ack.
+
+Order of the settle steps is what makes delivery at-least-once:
+
+1. publish the follow-up first (retry to a delay tier, or the dead letter), confirmed;
+2. then record the outcome in the store;
+3. then ack.
+
+A crash between any two steps leaves the message unacked, so RabbitMQ delivers it
+again.  A redelivered message whose attempt the store already recorded is acked
+without replaying (its follow-up was published before the record), and so is an
+operation already complete.  The one duplicate left is a crash after the upstream
+answered and before the record: that attempt is replayed once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+
+from asyncgate.envelope import Envelope, EnvelopeError
+from asyncgate.logs import get_logger
+from asyncgate.settings import RouteSettings, Settings
+from asyncgate.store.base import OperationOutcome, OperationStatus, Store
+from asyncgate.transport import Delivery, Outgoing, Transport
+from consumer.ratelimit import RateLimiter
+from consumer.replay import Attempt, UnsupportedAuth, replay
+from consumer.retry import Decision, RetryPolicy, Verdict, judge
+
+log = get_logger("asyncgate.consumer")
+
+# A bulk still pending this long after it started was never answered 202 (its
+# gateway died between publishing and accepting): its messages are dropped.
+PENDING_GIVE_UP = timedelta(minutes=5)
+PENDING_RECHECK_DELAY = 1.0
+
+_STATUS_OF = {
+    Verdict.SUCCESS: OperationStatus.COMPLETE,
+    Verdict.RETRY: OperationStatus.RETRIABLY_FAILED,
+    Verdict.EXHAUSTED: OperationStatus.RETRIABLY_FAILED,
+    Verdict.PERMANENT: OperationStatus.NOT_RETRIABLY_FAILED,
+}
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        store: Store,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._store = store
+        self._session = session
+        self._slots = asyncio.Semaphore(settings.consumer.concurrency)
+        self._limiter = RateLimiter(settings.consumer.rate_limit)
+        self._policies = {r.name: r for r in settings.routes}
+        self._inflight: set[asyncio.Task[object]] = set()
+        # Settle steps run as their own tasks so that cancelling a handler never cuts
+        # them in half; shutdown waits for them before the connection closes.
+        self._settling: dict[Delivery, asyncio.Task[None]] = {}
+        self.replays_in_flight = 0
+        self.last_success: float | None = None
+
+    async def start(self) -> None:
+        await self._transport.consume(
+            self._settings.queues, self._settings.consumer.concurrency, self.handle
+        )
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking work, give in-flight replays ``grace`` seconds, then requeue the rest."""
+        await self._transport.stop_consuming()
+        pending = set(self._inflight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning("shutdown_requeued", operations=len(late))
+        if self._settling:
+            await asyncio.wait(list(self._settling.values()))
+
+    async def handle(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            await self._process(delivery)
+        except asyncio.CancelledError:
+            # Before the upstream answered: give the message back now.  After it, the
+            # settle task finishes on its own and answers the delivery itself.
+            if delivery not in self._settling:
+                await asyncio.shield(delivery.requeue())
+            raise
+        finally:
+            self._inflight.discard(task)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            env = Envelope.from_bytes(delivery.body)
+        except EnvelopeError as exc:
+            await self._park_poison(delivery, str(exc))
+            return
+        state = await self._store.operation_state(env.bulk_uuid, env.index)
+        if state is None:
+            log.info("operation_withdrawn", operation_id=env.operation_id, bulk_uuid=env.bulk_uuid)
+            await delivery.ack()
+            return
+        if not state.bulk_accepted:
+            await self._wait_for_acceptance(delivery, env, state.bulk_start_time)
+            return
+        if state.status == OperationStatus.COMPLETE or state.attempts >= env.attempt:
+            log.info(
+                "duplicate_skipped",
+                operation_id=env.operation_id,
+                bulk_uuid=env.bulk_uuid,
+                attempt=env.attempt,
+                status=int(state.status),
+            )
+            await delivery.ack()
+            return
+        route = self._policies.get(env.route)
+        async with self._slots:
+            await self._limiter.acquire()
+            started = time.monotonic()
+            self.replays_in_flight += 1
+            try:
+                attempt = await self._replay(env)
+            finally:
+                self.replays_in_flight -= 1
+        duration = time.monotonic() - started
+        # Once the upstream has answered, the outcome must be recorded even if we are
+        # being cancelled: settle in a task of its own.
+        settle = asyncio.create_task(
+            self._settle(delivery, env, route, attempt, duration), name=f"settle-{env.operation_id}"
+        )
+        self._settling[delivery] = settle
+        settle.add_done_callback(lambda _: self._settling.pop(delivery, None))
+        await asyncio.shield(settle)
+
+    async def _replay(self, env: Envelope) -> Attempt:
+        try:
+            return await replay(self._session, self._settings.upstream.url, env)
+        except UnsupportedAuth as exc:
+            return Attempt(status=None, reason="", body="", error=str(exc))
+
+    async def _settle(
+        self,
+        delivery: Delivery,
+        env: Envelope,
+        route: RouteSettings | None,
+        attempt: Attempt,
+        duration: float,
+    ) -> None:
+        policy = RetryPolicy.for_route(self._settings.retry, route)
+        decision = judge(attempt, env.attempts_in_budget, policy)
+        if decision.verdict is Verdict.RETRY:
+            used = await self._transport.publish_delayed(
+                Outgoing(env.queue, env.next_attempt().to_bytes(), env.operation_id),
+                decision.delay,
+            )
+            decision = Decision(decision.verdict, used, decision.message)
+        elif decision.verdict in (Verdict.EXHAUSTED, Verdict.PERMANENT):
+            await self._transport.dead_letter(
+                Outgoing(env.queue, env.to_bytes(), env.operation_id, _reasons(decision, attempt))
+            )
+        await self._store.record_outcome(
+            env.bulk_uuid,
+            env.index,
+            OperationOutcome(
+                status=_STATUS_OF[decision.verdict],
+                attempts=env.attempt,
+                http_status=attempt.status,
+                result_message=decision.message,
+                result_serialized_data=attempt.body
+                if decision.verdict is Verdict.SUCCESS
+                else None,
+                error_code=attempt.status if decision.verdict is not Verdict.SUCCESS else None,
+            ),
+        )
+        await delivery.ack()
+        if decision.verdict is Verdict.SUCCESS:
+            self.last_success = time.time()
+        log.info(
+            "operation_replayed",
+            operation_id=env.operation_id,
+            bulk_uuid=env.bulk_uuid,
+            route=env.route,
+            method=env.method,
+            attempt=env.attempt,
+            upstream_status=attempt.status,
+            outcome=decision.verdict.value,
+            retry_in=round(decision.delay, 3) if decision.verdict is Verdict.RETRY else None,
+            duration=round(duration, 4),
+            error=attempt.error,
+        )
+
+    async def _wait_for_acceptance(
+        self, delivery: Delivery, env: Envelope, started: datetime
+    ) -> None:
+        """The gateway has not yet had every confirm of this bulk: check back shortly."""
+        if datetime.now(UTC) - started > PENDING_GIVE_UP:
+            log.warning(
+                "operation_never_accepted", operation_id=env.operation_id, bulk_uuid=env.bulk_uuid
+            )
+            await self._store.withdraw_bulk(env.bulk_uuid)
+            await delivery.ack()
+            return
+        await self._transport.publish_delayed(
+            Outgoing(env.queue, delivery.body, env.operation_id), PENDING_RECHECK_DELAY
+        )
+        await delivery.ack()
+
+    async def _park_poison(self, delivery: Delivery, reason: str) -> None:
+        log.error("poison_message", message_id=delivery.message_id, reason=reason)
+        await self._transport.dead_letter(
+            Outgoing(
+                delivery.headers.get("asyncgate-queue", "default"),
+                delivery.body,
+                delivery.message_id,
+                {"x-asyncgate-reason": "poison", "x-asyncgate-error": reason[:500]},
+            )
+        )
+        await delivery.ack()
+
+
+def _reasons(decision: Decision, attempt: Attempt) -> dict[str, str]:
+    headers = {
+        "x-asyncgate-reason": decision.verdict.value,
+        "x-asyncgate-error": decision.message[:500],
+    }
+    if attempt.status is not None:
+        headers["x-asyncgate-last-status"] = str(attempt.status)
+    return headers
+
+
+async def purge_periodically(store: Store, lifetime_days: float, every: float = 3600.0) -> None:
+    """Retention: bulks older than the lifetime go, as Magento's system/bulk/lifetime."""
+    while True:
+        with contextlib.suppress(Exception):
+            removed = await store.purge(datetime.now(UTC) - timedelta(days=lifetime_days))
+            stale = await store.withdraw_stale_pending(datetime.now(UTC) - PENDING_GIVE_UP)
+            if removed or stale:
+                log.info("bulks_purged", expired=removed, never_accepted=stale)
+        await asyncio.sleep(every)

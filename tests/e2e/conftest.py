@@ -1,0 +1,125 @@
+"""An asyncgate stack for end-to-end tests: demo shop upstream, gateway, consumer, real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import aiormq
+import pytest
+from yarl import URL
+
+from asyncgate.settings import Settings
+from consumer.service import running_consumer
+from consumer.worker import Worker
+from demo.payloads import seed_customer
+from demo.shop import SHOP_STATE, ShopConfig, ShopState, create_shop_app
+from tests.conftest import StartServer, queue_ready
+
+AUTH = {"Authorization": "Bearer admin-token"}
+
+
+def customer(n: int) -> dict[str, Any]:
+    return seed_customer(n)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    gateway: URL
+    shop_url: URL
+    shop: ShopState
+    http: aiohttp.ClientSession
+    broker: aiormq.abc.AbstractChannel
+    exits: AsyncExitStack
+    worker: Worker | None = None
+
+    async def start_consumer(self, settings: Settings | None = None) -> Worker:
+        self.worker = await self.exits.enter_async_context(
+            running_consumer(settings or self.settings)
+        )
+        return self.worker
+
+    def queue(self, kind: str, name: str = "default") -> str:
+        x = self.settings.broker.exchange
+        return {"work": f"{x}.work.{name}", "dead": f"{x}.dead"}[kind]
+
+    async def depth(self, kind: str, name: str = "default") -> int:
+        return await queue_ready(self.broker, self.queue(kind, name))
+
+    async def post(self, path: str, body: Any, method: str = "POST", **kw: Any) -> tuple[int, Any]:
+        headers = kw.pop("headers", AUTH)
+        async with self.http.request(
+            method, self.gateway.with_path(path, encoded=True), json=body, headers=headers, **kw
+        ) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        url = URL(str(self.gateway) + path, encoded=True)
+        async with self.http.get(url, headers=AUTH if headers is None else headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def wait_for(
+        self, check: Callable[[], Awaitable[bool] | bool], within: float = 15.0
+    ) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            result = check()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"condition not met within {within}s")
+
+    async def bulk_done(
+        self, bulk_uuid: str, final: frozenset[int] = frozenset({1, 2, 3, 5})
+    ) -> dict[str, Any]:
+        """Poll the status endpoint until every operation's status is in ``final``
+        (status 2 also means "retry pending"); return the detailed status."""
+        status: dict[str, Any] = {}
+
+        async def done() -> bool:
+            nonlocal status
+            code, status = await self.get(f"/rest/V1/bulk/{bulk_uuid}/detailed-status")
+            return code == 200 and all(op["status"] in final for op in status["operations_list"])
+
+        await self.wait_for(done)
+        return status
+
+
+@pytest.fixture
+async def make_stack(
+    make_settings: Callable[..., Settings],
+    start_server: StartServer,
+    start_gateway: Callable[[Settings], Awaitable[URL]],
+    broker: aiormq.abc.AbstractChannel,
+) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    async with AsyncExitStack() as exits:
+        http = await exits.enter_async_context(aiohttp.ClientSession())
+
+        async def make(
+            with_consumer: bool = True, shop: ShopConfig | None = None, **sections: Any
+        ) -> Stack:
+            app = create_shop_app(shop or ShopConfig(write_service_time=0.0))
+            shop_url = await start_server(app)
+            settings = make_settings(shop_url, **sections)
+            stack = Stack(
+                settings=settings,
+                gateway=await start_gateway(settings),
+                shop_url=shop_url,
+                shop=app[SHOP_STATE],
+                http=http,
+                broker=broker,
+                exits=exits,
+            )
+            if with_consumer:
+                await stack.start_consumer()
+            return stack
+
+        yield make
