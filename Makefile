@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 services:
-	bash scripts/ensure-services.sh rabbitmq postgresql
+	bash scripts/ensure-services.sh rabbitmq postgresql promtool
 
 run: $(STAMP) services
 	$(BIN)/python -m gateway --config $(CONFIG)

@@ -25,6 +25,7 @@ import yaml
 from asyncgate.errors import ConfigError
 from asyncgate.routes import RouteSpec
 
+_SECRETISH = re.compile(r"secret|password|token", re.I)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -37,9 +38,34 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
+class Secret:
+    """A credential from the environment or a file; never shown by ``repr`` or ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     listen: HostPort = HostPort("127.0.0.1", 8080)
+    # Metrics, health and readiness: never on the public port.
+    admin_listen: HostPort = HostPort("127.0.0.1", 9180)
     # Peers whose X-Forwarded-*/Forwarded headers are believed (CIDRs).
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Which Host the backend sees: the client's (Magento builds URLs from it) or its own.
@@ -68,6 +94,9 @@ class BrokerSettings:
     confirm_timeout: float = 10.0
     # Ready messages a work queue may hold before publishes are refused (0 = no limit).
     max_queue_length: int = 0
+    # Embedded (sqlite) transport: seconds a delivery stays leased to a consumer
+    # before it is handed out again (RabbitMQ redelivers on connection loss instead).
+    lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +137,9 @@ class RetrySettings:
 
 @dataclass(frozen=True)
 class ConsumerSettings:
+    admin_listen: HostPort = HostPort("127.0.0.1", 9181)
+    # Seconds between queue-depth probes for the metrics.
+    depth_interval: float = 5.0
     # Replays in flight at once, across all queues: the shop's protection.
     concurrency: int = 16
     # Replays started per second (0 = no limit).
@@ -118,6 +150,17 @@ class ConsumerSettings:
 
 
 @dataclass(frozen=True)
+class IntegrationSettings:
+    """A Magento integration (System > Integrations): its four OAuth 1.0a credentials."""
+
+    name: str
+    consumer_key: str
+    consumer_secret: Secret
+    access_token: str
+    access_token_secret: Secret
+
+
+@dataclass(frozen=True)
 class RouteSettings:
     name: str
     match: str
@@ -125,6 +168,10 @@ class RouteSettings:
     queue: str = "default"
     max_attempts: int | None = None
     max_delay: float | None = None
+    # "oauth1" (verify on intake, sign anew on replay), "forward" (send credentials as
+    # they came) or "guest" (no credentials needed). Default: oauth1 when integrations
+    # are configured, else forward.
+    auth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +183,7 @@ class Settings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
+    integrations: tuple[IntegrationSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     # Compiled from `routes` and `intake.deny` after validation; not a YAML key.
     compiled_routes: tuple[RouteSpec, ...] = field(default=(), compare=False)
@@ -225,7 +273,8 @@ def _build(cls: type[Any], raw: Any, path: str, errors: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _DERIVED}
     for key in raw:
         if key not in fields:
-            errors.append(f"{_join(path, str(key))}: unknown key (value {raw[key]!r})")
+            shown = "[hidden]" if _SECRETISH.search(str(key)) else repr(raw[key])
+            errors.append(f"{_join(path, str(key))}: unknown key (value {shown})")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key_path = _join(path, name)
@@ -285,6 +334,8 @@ def _coerce(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         return _build(tp, value, path, errors)  # type: ignore[arg-type]
     if tp is HostPort:
         return _parse_host_port(value, path, errors)
+    if tp is Secret:
+        return _parse_secret(value, path, errors)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -315,9 +366,24 @@ def _type_name(tp: Any) -> str:
 def _parse_host_port(value: Any, path: str, errors: list[str]) -> HostPort | None:
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
-        if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        # Port 0 asks the kernel for a free port (tests run many listeners at once).
+        if sep and host and port.isdigit() and 0 <= int(port) < 65536:
             return HostPort(host.strip("[]"), int(port))
     errors.append(f"{path}: expected host:port, got {value!r}")
+    return None
+
+
+def _parse_secret(value: Any, path: str, errors: list[str]) -> Secret | None:
+    """A secret is ``${VAR}`` text or ``{file: /path}``; never echo its value in an error."""
+    if isinstance(value, str) and value:
+        return Secret(value)
+    if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+        try:
+            return Secret(Path(value["file"]).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            errors.append(f"{path}: cannot read secret file {value['file']!r}: {exc.strerror}")
+            return None
+    errors.append(f"{path}: expected a non-empty secret or {{file: PATH}}")
     return None
 
 
@@ -352,6 +418,7 @@ def _check(obj: Any) -> list[tuple[str, str, Any]]:
         url("url", ("amqp", "amqps", "sqlite"))
         positive("confirm_timeout")
         positive("max_queue_length", allow_zero=True)
+        positive("lease_seconds")
     elif isinstance(obj, StoreSettings):
         url("url", ("sqlite", "postgresql", "postgres"))
         positive("bulk_lifetime_days")
@@ -369,6 +436,7 @@ def _check(obj: Any) -> list[tuple[str, str, Any]]:
         elif list(obj.delay_tiers) != sorted(set(obj.delay_tiers)):
             problems.append(("delay_tiers", "must be strictly increasing", obj.delay_tiers))
     elif isinstance(obj, ConsumerSettings):
+        positive("depth_interval")
         positive("concurrency")
         positive("rate_limit", allow_zero=True)
         positive("request_timeout")
@@ -382,6 +450,8 @@ def _check(obj: Any) -> list[tuple[str, str, Any]]:
             )
         if obj.queue is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", obj.queue):
             problems.append(("queue", "must be lower-case letters, digits, '-' or '_'", obj.queue))
+        if obj.auth not in (None, "oauth1", "forward", "guest"):
+            problems.append(("auth", "must be 'oauth1', 'forward' or 'guest'", obj.auth))
     return problems
 
 
@@ -396,6 +466,15 @@ def _compile(settings: Settings, errors: list[str]) -> Settings:
             routes.append(RouteSpec.parse(route.match, route))
         except ValueError as exc:
             errors.append(f"routes[{i}].match: {exc} (value {route.match!r})")
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for i, integration in enumerate(settings.integrations):
+        if integration.name in seen_names:
+            errors.append(f"integrations[{i}].name: duplicate name (value {integration.name!r})")
+        seen_names.add(integration.name)
+        if integration.consumer_key in seen_keys:
+            errors.append(f"integrations[{i}].consumer_key: used twice")
+        seen_keys.add(integration.consumer_key)
     deny: list[RouteSpec] = []
     for i, pattern in enumerate(settings.intake.deny):
         try:

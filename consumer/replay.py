@@ -6,14 +6,16 @@ guessed: ``forward`` sends the forwarded credentials unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from asyncgate import oauth1
 from asyncgate.envelope import Envelope
-from asyncgate.settings import Settings
+from asyncgate.settings import IntegrationSettings, Settings
 
 # Upstream answers longer than this are cut in the store (the status API is no file server).
 MAX_STORED_BODY = 1024 * 1024
@@ -45,9 +47,23 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def request_headers(env: Envelope) -> CIMultiDict[str]:
+def request_headers(
+    env: Envelope, url: str, integrations: Mapping[str, IntegrationSettings]
+) -> CIMultiDict[str]:
+    """Forwarded headers, plus the replay's own: ids, and a fresh OAuth signature if due."""
     headers: CIMultiDict[str] = CIMultiDict(env.headers)
-    if env.auth != "forward":
+    kind, _, rest = env.auth.partition(":")
+    if kind == "oauth1":
+        name, _, method = rest.rpartition(":")
+        integration = integrations.get(name)
+        if integration is None:
+            raise UnsupportedAuth(f"integration {name!r} is not configured")
+        content_type = headers.get("Content-Type")
+        # Signed anew for the sync URL on every attempt: fresh nonce, fresh timestamp.
+        headers["Authorization"] = oauth1.sign(
+            env.method, url, integration, method, env.body.encode(), content_type
+        )
+    elif env.auth != "forward":
         raise UnsupportedAuth(f"unknown replay auth mode {env.auth!r}")
     headers["X-Request-Id"] = env.operation_id
     headers["Idempotency-Key"] = env.operation_id
@@ -56,16 +72,19 @@ def request_headers(env: Envelope) -> CIMultiDict[str]:
     return headers
 
 
-async def replay(session: aiohttp.ClientSession, upstream: str, env: Envelope) -> Attempt:
+async def replay(
+    session: aiohttp.ClientSession,
+    upstream: str,
+    env: Envelope,
+    integrations: Mapping[str, IntegrationSettings],
+) -> Attempt:
     """Send the operation upstream once; never raises for network trouble."""
-    url = URL(
-        upstream.rstrip("/") + env.path + (f"?{env.query}" if env.query else ""), encoded=True
-    )
+    text = upstream.rstrip("/") + env.path + (f"?{env.query}" if env.query else "")
     try:
         async with session.request(
             env.method,
-            url,
-            headers=request_headers(env),
+            URL(text, encoded=True),
+            headers=request_headers(env, text, integrations),
             data=env.body.encode() if env.body else None,
             allow_redirects=False,
         ) as response:

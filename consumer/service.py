@@ -8,38 +8,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+from aiohttp import web
+
+from asyncgate.admin import start_admin
 from asyncgate.settings import Settings
 from asyncgate.store import create_store
 from asyncgate.transport import create_transport
 from consumer.replay import upstream_session
-from consumer.worker import Worker, purge_periodically
+from consumer.worker import Worker, purge_periodically, refresh_depth
+
+
+@dataclass
+class RunningConsumer:
+    worker: Worker
+    admin_url: str
 
 
 @contextlib.asynccontextmanager
-async def running_consumer(settings: Settings) -> AsyncIterator[Worker]:
+async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]:
     """Consume until the block exits, then drain gracefully and close everything."""
     store = create_store(settings.store.url)
     await store.open()
     transport = create_transport(settings, "consumer")
     session = upstream_session(settings)
-    purger: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    admin: web.AppRunner | None = None
+
+    async def ready() -> list[str]:
+        problems = [] if transport.consuming else ["not consuming (broker link down)"]
+        try:
+            await store.ping()
+        except Exception as exc:
+            problems.append(f"store unreachable: {exc!r}")
+        return problems
+
     try:
         await transport.start()
         worker = Worker(settings, transport, store, session)
-        purger = asyncio.create_task(
-            purge_periodically(store, settings.store.bulk_lifetime_days), name="retention-purge"
+        tasks.append(
+            asyncio.create_task(
+                purge_periodically(store, settings.store.bulk_lifetime_days),
+                name="retention-purge",
+            )
         )
+        tasks.append(
+            asyncio.create_task(
+                refresh_depth(transport, settings.consumer.depth_interval), name="queue-depth"
+            )
+        )
+        admin, admin_url = await start_admin(settings.consumer.admin_listen, ready)
         await worker.start()
         try:
-            yield worker
+            yield RunningConsumer(worker, admin_url)
         finally:
             await worker.drain(settings.consumer.shutdown_grace)
     finally:
-        if purger is not None:
-            purger.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await purger
+                await task
+        if admin is not None:
+            await admin.cleanup()
         await session.close()
         await transport.close()
         await store.close()

@@ -16,12 +16,13 @@ answered and before the record: that attempt is replayed once more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
+from asyncgate import metrics
 from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.logs import get_logger
 from asyncgate.settings import RouteSettings, Settings
@@ -61,12 +62,12 @@ class Worker:
         self._slots = asyncio.Semaphore(settings.consumer.concurrency)
         self._limiter = RateLimiter(settings.consumer.rate_limit)
         self._policies = {r.name: r for r in settings.routes}
+        self._integrations = {i.name: i for i in settings.integrations}
         self._inflight: set[asyncio.Task[object]] = set()
         # Settle steps run as their own tasks so that cancelling a handler never cuts
         # them in half; shutdown waits for them before the connection closes.
         self._settling: dict[Delivery, asyncio.Task[None]] = {}
-        self.replays_in_flight = 0
-        self.last_success: float | None = None
+        metrics.CONSUMER_UPSTREAM_CONCURRENCY_LIMIT.set(settings.consumer.concurrency)
 
     async def start(self) -> None:
         await self._transport.consume(
@@ -91,6 +92,7 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
+        metrics.CONSUMER_IN_FLIGHT.inc()
         try:
             await self._process(delivery)
         except asyncio.CancelledError:
@@ -101,6 +103,7 @@ class Worker:
             raise
         finally:
             self._inflight.discard(task)
+            metrics.CONSUMER_IN_FLIGHT.dec()
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -130,12 +133,10 @@ class Worker:
         async with self._slots:
             await self._limiter.acquire()
             started = time.monotonic()
-            self.replays_in_flight += 1
-            try:
+            with metrics.CONSUMER_UPSTREAM_CONCURRENCY.track_inprogress():
                 attempt = await self._replay(env)
-            finally:
-                self.replays_in_flight -= 1
         duration = time.monotonic() - started
+        metrics.CONSUMER_REPLAY_SECONDS.labels(env.route).observe(duration)
         # Once the upstream has answered, the outcome must be recorded even if we are
         # being cancelled: settle in a task of its own.
         settle = asyncio.create_task(
@@ -147,7 +148,7 @@ class Worker:
 
     async def _replay(self, env: Envelope) -> Attempt:
         try:
-            return await replay(self._session, self._settings.upstream.url, env)
+            return await replay(self._session, self._settings.upstream.url, env, self._integrations)
         except UnsupportedAuth as exc:
             return Attempt(status=None, reason="", body="", error=str(exc))
 
@@ -186,8 +187,10 @@ class Worker:
             ),
         )
         await delivery.ack()
+        metrics.CONSUMER_OPERATIONS.labels(env.route, decision.verdict.value).inc()
+        metrics.CONSUMER_ATTEMPTS.labels(env.route).observe(env.attempt)
         if decision.verdict is Verdict.SUCCESS:
-            self.last_success = time.time()
+            metrics.CONSUMER_LAST_SUCCESS.set(time.time())
         log.info(
             "operation_replayed",
             operation_id=env.operation_id,
@@ -241,12 +244,41 @@ def _reasons(decision: Decision, attempt: Attempt) -> dict[str, str]:
     return headers
 
 
+async def _every(seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``step`` every ``seconds`` until cancelled; a failed step is logged, not fatal."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("periodic_task_failed", task=what, error=repr(exc))
+        task = asyncio.current_task()
+        # aiormq can swallow a cancellation that lands inside one of its calls; stop anyway.
+        if task is not None and task.cancelling():
+            return
+        await asyncio.sleep(seconds)
+
+
+async def refresh_depth(transport: Transport, every: float) -> None:
+    """Export queue depth: the RabbitMQ GUI's numbers, where Prometheus can see them."""
+
+    async def step() -> None:
+        for depth in await transport.depth():
+            metrics.QUEUE_READY.labels(depth.queue, depth.kind).set(depth.ready)
+            metrics.QUEUE_CONSUMERS.labels(depth.queue, depth.kind).set(depth.consumers)
+
+    await _every(every, step, "queue-depth")
+
+
 async def purge_periodically(store: Store, lifetime_days: float, every: float = 3600.0) -> None:
     """Retention: bulks older than the lifetime go, as Magento's system/bulk/lifetime."""
-    while True:
-        with contextlib.suppress(Exception):
-            removed = await store.purge(datetime.now(UTC) - timedelta(days=lifetime_days))
-            stale = await store.withdraw_stale_pending(datetime.now(UTC) - PENDING_GIVE_UP)
-            if removed or stale:
-                log.info("bulks_purged", expired=removed, never_accepted=stale)
-        await asyncio.sleep(every)
+
+    async def step() -> None:
+        now = datetime.now(UTC)
+        removed = await store.purge(now - timedelta(days=lifetime_days))
+        stale = await store.withdraw_stale_pending(now - PENDING_GIVE_UP)
+        if removed or stale:
+            log.info("bulks_purged", expired=removed, never_accepted=stale)
+
+    await _every(every, step, "retention-purge")

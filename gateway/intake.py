@@ -14,17 +14,18 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from asyncgate import metrics
 from asyncgate.envelope import Envelope, operation_id
 from asyncgate.errors import PublishError
 from asyncgate.jsonutil import dumps
 from asyncgate.logs import get_logger
-from asyncgate.routes import WRITE_METHODS, RestPath, find_route
+from asyncgate.routes import WRITE_METHODS, RestPath, RouteSpec, find_route
 from asyncgate.settings import Settings
 from asyncgate.store.base import NewBulk, NewOperation, OperationStatus
 from asyncgate.transport import Outgoing
 from gateway.errors import magento_error
 from gateway.forwarding import ClientInfo
-from gateway.identity import caller_of
+from gateway.identity import AuthFailed, auth_mode, authenticate
 from gateway.keys import STORE, TRANSPORT
 from gateway.operations import BadRequest, Item, bulk_items, decode_body, single_item
 
@@ -35,21 +36,27 @@ DEFAULT_ROUTE = "async"
 RETRY_AFTER_SECONDS = "5"
 
 
+def route_name_of(route: RouteSpec | None) -> str:
+    """The route's name in the config, for metrics and logs; "async" when none matched."""
+    return route.policy.name if route is not None and route.policy is not None else DEFAULT_ROUTE
+
+
 async def handle(
     request: web.Request,
     settings: Settings,
     client: ClientInfo,
     rest: RestPath,
+    route: RouteSpec | None,
     explicit: bool,
 ) -> web.Response:
+    """Take in one async request; ``route`` is the config route it matched, if any."""
     method = request.method
     if method not in WRITE_METHODS:
         return magento_error(400, CANNOT_PROCESS)
     if explicit and find_route(settings.compiled_deny, method, rest.v1_path) is not None:
         return magento_error(400, CANNOT_PROCESS)
-    route = find_route(settings.compiled_routes, method, rest.v1_path)
     policy = route.policy if route is not None else None
-    route_name = policy.name if policy is not None else DEFAULT_ROUTE
+    route_name = route_name_of(route)
     queue = policy.queue if policy is not None else "default"
 
     try:
@@ -67,13 +74,22 @@ async def handle(
     except BadRequest as exc:
         return magento_error(400, str(exc))
 
-    caller = caller_of(request)
+    store = request.app[STORE]
+    mode = auth_mode(settings, policy.auth if policy is not None else None)
+    try:
+        caller = await authenticate(request, settings, client, store, raw, mode)
+    except AuthFailed as exc:
+        log.info("async_refused", route=route_name, status=401, reason=exc.message)
+        return magento_error(401, exc.message, exc.parameters)
     bulk_uuid = str(uuid.uuid4())
     now = time.time()
     query = request.raw_path.partition("?")[2]
+    # A client's OAuth header is only good for the URL it signed: never carry it.
+    skip = {"authorization"} if caller.replay_auth != "forward" else set()
     headers = tuple(
         (name, value)
         for name in settings.intake.forward_headers
+        if name.lower() not in skip
         for value in request.headers.getall(name, [])
     )
     topic = f"async{rest.v1_path.replace('/', '.')}.{method}"
@@ -102,12 +118,12 @@ async def handle(
                 body=item.body,
                 client=client.address,
                 received_at=now,
+                auth=caller.replay_auth,
             ).to_bytes(),
         )
         for item in items
         if item.error is None
     ]
-    store = request.app[STORE]
     try:
         await store.record_bulk(bulk)
     except Exception as exc:  # the store is down or locked: refuse, nothing queued
@@ -115,7 +131,8 @@ async def handle(
         return _unavailable("The operation store is unavailable. Try again later.")
     try:
         if messages:
-            await request.app[TRANSPORT].publish(messages)
+            with metrics.GATEWAY_CONFIRM_SECONDS.time():
+                await request.app[TRANSPORT].publish(messages)
     except PublishError as exc:
         await store.withdraw_bulk(bulk_uuid)
         log.warning("publish_failed", bulk_uuid=bulk_uuid, route=route_name, error=str(exc))
@@ -128,6 +145,9 @@ async def handle(
         with contextlib.suppress(Exception):
             await store.withdraw_bulk(bulk_uuid)
         return _unavailable("The operation store is unavailable. Try again later.")
+    metrics.GATEWAY_OPERATIONS.labels(route_name, "accepted").inc(len(messages))
+    if len(items) > len(messages):
+        metrics.GATEWAY_OPERATIONS.labels(route_name, "rejected").inc(len(items) - len(messages))
     log.info(
         "bulk_accepted",
         bulk_uuid=bulk_uuid,

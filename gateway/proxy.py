@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from asyncgate import metrics
 from asyncgate.logs import get_logger
 from asyncgate.settings import Settings
 from gateway.errors import magento_error
@@ -84,13 +85,14 @@ async def pass_through(
     body = _CountedBody(request, limit) if request.body_exists else None
     started = time.monotonic()
     try:
-        upstream = await session.request(
-            request.method,
-            upstream_url,
-            headers=headers,
-            data=body.__aiter__() if body is not None else None,
-            allow_redirects=False,
-        )
+        with metrics.GATEWAY_UPSTREAM_SECONDS.time():
+            upstream = await session.request(
+                request.method,
+                upstream_url,
+                headers=headers,
+                data=body.__aiter__() if body is not None else None,
+                allow_redirects=False,
+            )
     except (TimeoutError, BodyTooLarge, aiohttp.ClientError) as exc:
         if body is not None and body.too_large:
             return _refuse(request, 413, "Request body is too large.")

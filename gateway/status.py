@@ -18,8 +18,9 @@ from asyncgate.jsonutil import dumps
 from asyncgate.routes import BulkStatusQuery
 from asyncgate.store.base import BulkFilter, BulkView, OperationView
 from gateway.errors import magento_error
-from gateway.identity import caller_of
-from gateway.keys import STORE
+from gateway.forwarding import client_info
+from gateway.identity import AuthFailed, authenticate
+from gateway.keys import SETTINGS, STORE
 
 _CRITERION = re.compile(r"^searchCriteria\[filterGroups\]\[(\d+)\]\[filters\]\[(\d+)\]\[(\w+)\]$")
 MAX_PAGE_SIZE = 1000
@@ -63,11 +64,18 @@ def _json(value: Any) -> web.Response:
 
 async def handle(request: web.Request, query: BulkStatusQuery | None) -> web.Response | None:
     """The status answer, or None to pass the request through to the upstream."""
-    if query is None:
-        return await _search(request)
+    settings = request.app[SETTINGS]
     store = request.app[STORE]
+    try:
+        caller = await authenticate(
+            request, settings, client_info(request, settings.gateway), store, b"", "guest"
+        )
+    except AuthFailed as exc:
+        return magento_error(401, exc.message, exc.parameters)
+    if query is None:
+        return await _search(request, caller.owner)
     bulk = await store.bulk(query.uuid)
-    if bulk is None or bulk.owner != caller_of(request).owner:
+    if bulk is None or bulk.owner != caller.owner:
         return None
     if query.what == "operation-status":
         assert query.status is not None
@@ -80,7 +88,7 @@ async def handle(request: web.Request, query: BulkStatusQuery | None) -> web.Res
     )
 
 
-async def _search(request: web.Request) -> web.Response:
+async def _search(request: web.Request, owner: str) -> web.Response:
     groups: dict[int, dict[int, dict[str, str]]] = {}
     for key, value in request.rel_url.query.items():
         m = _CRITERION.match(key)
@@ -105,9 +113,7 @@ async def _search(request: web.Request) -> web.Response:
             400, f"pageSize must be 1..{MAX_PAGE_SIZE} and currentPage at least 1."
         )
     try:
-        items, total = await request.app[STORE].search(
-            caller_of(request).owner, filters, page_size, current_page
-        )
+        items, total = await request.app[STORE].search(owner, filters, page_size, current_page)
     except ValueError as exc:
         return magento_error(400, str(exc))
     criteria = {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the tests use are up: start an installed-but-stopped server,
 # install Debian's package if it is missing and we are root, else say what is missing.
+# "promtool" is a tool, not a server: it is installed if missing, and nothing is started.
 set -euo pipefail
 
 want="${*:-rabbitmq postgresql}"
@@ -23,6 +24,44 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Debian ships promtool only in its 'prometheus' package, whose maintainer scripts enable
+# and start a Prometheus server (through invoke-rc.d, or deb-systemd-invoke under systemd).
+# While it installs, /usr/sbin/policy-rc.d exits 101 ("action forbidden"): both helpers then
+# skip the start, so the install neither fails where there is no systemd nor leaves a server
+# running. The machine's own policy-rc.d, if any, is put back afterwards, and the unit is
+# disabled so that no server comes up at the next boot either.
+install_promtool() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "ensure-services: promtool is not installed; install Debian's 'prometheus' package" \
+      "(needs root), or put promtool on PATH" >&2
+    exit 1
+  fi
+  local policy=/usr/sbin/policy-rc.d
+  local saved=$policy.ensure-services-saved
+  [ -e "$policy" ] && mv -f "$policy" "$saved"
+  # shellcheck disable=SC2317  # called through the trap
+  restore_policy() {
+    rm -f "$policy"
+    if [ -e "$saved" ]; then mv -f "$saved" "$policy"; fi
+  }
+  trap restore_policy EXIT
+  printf '#!/bin/sh\n# ensure-services.sh: start no service while promtool is installed.\nexit 101\n' \
+    >"$policy"
+  chmod 0755 "$policy"
+  echo "ensure-services: installing Debian's prometheus package for promtool" >&2
+  [ -n "${_APT_UPDATED:-}" ] || { apt-get update -qq; _APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    >/dev/null
+  restore_policy
+  trap - EXIT
+  deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+  update-rc.d prometheus disable >/dev/null 2>&1 || true
+  command -v promtool >/dev/null || {
+    echo "ensure-services: the prometheus package installed no promtool on PATH" >&2
+    exit 1
+  }
+}
+
 for svc in $want; do
   case "$svc" in
     rabbitmq)
@@ -38,6 +77,10 @@ for svc in $want; do
       echo "ensure-services: starting PostgreSQL" >&2
       pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
       wait_port 5432 PostgreSQL
+      ;;
+    promtool)
+      command -v promtool >/dev/null && continue
+      install_promtool
       ;;
     *) echo "ensure-services: unknown service $svc" >&2; exit 1 ;;
   esac

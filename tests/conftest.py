@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiormq
 import pytest
+import yaml
 from aiohttp import web
 from yarl import URL
 
@@ -44,23 +46,51 @@ def made_settings() -> list[Settings]:
 
 
 @pytest.fixture
-def make_settings(
-    tmp_path: Any, exchange_name: str, made_settings: list[Settings]
-) -> Callable[..., Settings]:
-    """Settings for a test: its own exchange and an SQLite store in tmp_path."""
+def make_raw_config(tmp_path: Any, exchange_name: str) -> Callable[..., dict[str, Any]]:
+    """The YAML mapping of a test's config: its own exchange, an SQLite store in tmp_path."""
 
-    def make(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> Settings:
+    def make(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> dict[str, Any]:
         raw = {
             "upstream": {"url": str(upstream_url), "connect_timeout": 2, "read_timeout": 5},
             "broker": {"url": BROKER_URL, "exchange": exchange_name, "confirm_timeout": 5},
             "store": {"url": f"sqlite:///{tmp_path}/store.db"},
             "retry": {"base_delay": 1, "max_delay": 2, "delay_tiers": [1, 2]},
+            "gateway": {"admin_listen": "127.0.0.1:0"},
+            "consumer": {"admin_listen": "127.0.0.1:0", "depth_interval": 0.2},
         }
-        settings = settings_from_mapping(deep_merge(raw, sections))
+        return deep_merge(raw, sections)
+
+    return make
+
+
+@pytest.fixture
+def make_settings(
+    make_raw_config: Callable[..., dict[str, Any]], made_settings: list[Settings]
+) -> Callable[..., Settings]:
+    """Settings for a test (see make_raw_config); their queues are deleted afterwards."""
+
+    def make(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> Settings:
+        settings = settings_from_mapping(make_raw_config(upstream_url, **sections))
         made_settings.append(settings)
         return settings
 
     return make
+
+
+@pytest.fixture
+def write_config(
+    tmp_path: Any, make_raw_config: Callable[..., dict[str, Any]], made_settings: list[Settings]
+) -> Callable[..., Path]:
+    """A config file for a subprocess, e.g. ``python -m consumer --config PATH``."""
+
+    def write(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> Path:
+        raw = make_raw_config(upstream_url, **sections)
+        made_settings.append(settings_from_mapping(raw))
+        path = Path(tmp_path) / f"config-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
 
 
 @pytest.fixture
@@ -103,6 +133,10 @@ async def broker(made_settings: list[Settings]) -> AsyncIterator[aiormq.abc.Abst
     conn = await aiormq.connect(BROKER_URL)
     channel = await conn.channel()
     yield channel
+    with contextlib.suppress(aiormq.exceptions.AMQPError):
+        await conn.close()
+    # A test may have restarted RabbitMQ: clean up on a connection of our own.
+    conn = await aiormq.connect(BROKER_URL)
     for settings in made_settings:
         for name in queue_names(settings):
             cleanup = await conn.channel()

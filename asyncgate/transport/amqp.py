@@ -29,6 +29,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from asyncgate import metrics
 from asyncgate.errors import PublishError
 from asyncgate.logs import get_logger
 from asyncgate.settings import Settings
@@ -57,11 +58,15 @@ class _Link:
     def __init__(
         self,
         url: str,
-        name: str,
+        role: str,
+        purpose: str,
         on_open: Callable[[aiormq.abc.AbstractChannel], Awaitable[None]],
     ) -> None:
+        name = f"asyncgate-{role}-{purpose}"
         self._url = _with_heartbeat(url, name)
         self._name = name
+        self._connected_gauge = metrics.BROKER_CONNECTED.labels(role, purpose)
+        self._connected_gauge.set(0)
         self._on_open = on_open
         self._ready = asyncio.Event()
         self._closed = False
@@ -107,6 +112,7 @@ class _Link:
                 self.channel = await self.connection.channel(publisher_confirms=True)
                 await self._on_open(self.channel)
                 self._ready.set()
+                self._connected_gauge.set(1)
                 log.info("broker_connected", link=self._name)
                 backoff = 0.2
                 closing = [self.connection.closing, self.channel.closing]
@@ -118,6 +124,7 @@ class _Link:
                 log.warning("broker_connect_failed", link=self._name, error=repr(exc))
             finally:
                 self._ready.clear()
+                self._connected_gauge.set(0)
                 self.channel = None
             if self.connection is not None and not self._closed:
                 with contextlib.suppress(*_AMQP_ERRORS):
@@ -154,7 +161,7 @@ class AmqpTransport(Transport):
         self._role = role
         self._x = settings.broker.exchange
         self._tiers = settings.retry.delay_tiers
-        self._publisher = _Link(settings.broker.url, f"asyncgate-{role}-publish", self._declare)
+        self._publisher = _Link(settings.broker.url, role, "publish", self._declare)
         self._consumer: _Link | None = None
         self._consuming = False
 
@@ -286,9 +293,7 @@ class AmqpTransport(Transport):
             for queue in queues:
                 await ch.basic_consume(self.work_queue(queue), deliver, no_ack=False)
 
-        self._consumer = _Link(
-            self._settings.broker.url, f"asyncgate-{self._role}-consume", on_open
-        )
+        self._consumer = _Link(self._settings.broker.url, self._role, "consume", on_open)
         self._consuming = True
         self._consumer.start()
         with contextlib.suppress(PublishError):

@@ -52,6 +52,11 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def connected(self) -> bool: ...
 
+    @property
+    def consuming(self) -> bool:
+        """True while deliveries can arrive (readiness of a consumer)."""
+        return self.connected
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Connect and declare the topology (idempotent); keeps reconnecting after losses."""

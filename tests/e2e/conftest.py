@@ -15,10 +15,11 @@ import pytest
 from yarl import URL
 
 from asyncgate.settings import Settings
-from consumer.service import running_consumer
-from consumer.worker import Worker
+from consumer.service import RunningConsumer, running_consumer
 from demo.payloads import seed_customer
 from demo.shop import SHOP_STATE, ShopConfig, ShopState, create_shop_app
+from gateway.app import create_app
+from gateway.keys import ADMIN_URL
 from tests.conftest import StartServer, queue_ready
 
 AUTH = {"Authorization": "Bearer admin-token"}
@@ -37,13 +38,24 @@ class Stack:
     http: aiohttp.ClientSession
     broker: aiormq.abc.AbstractChannel
     exits: AsyncExitStack
-    worker: Worker | None = None
+    gateway_admin: str
+    consumer: RunningConsumer | None = None
+    _consumer_exits: AsyncExitStack | None = None
 
-    async def start_consumer(self, settings: Settings | None = None) -> Worker:
-        self.worker = await self.exits.enter_async_context(
+    async def start_consumer(self, settings: Settings | None = None) -> RunningConsumer:
+        assert self._consumer_exits is None, "one consumer at a time"
+        self._consumer_exits = AsyncExitStack()
+        self.exits.push_async_callback(self.stop_consumer)
+        self.consumer = await self._consumer_exits.enter_async_context(
             running_consumer(settings or self.settings)
         )
-        return self.worker
+        return self.consumer
+
+    async def stop_consumer(self) -> None:
+        """Graceful stop, as on SIGTERM."""
+        if self._consumer_exits is not None:
+            exits, self._consumer_exits, self.consumer = self._consumer_exits, None, None
+            await exits.aclose()
 
     def queue(self, kind: str, name: str = "default") -> str:
         x = self.settings.broker.exchange
@@ -97,7 +109,6 @@ class Stack:
 async def make_stack(
     make_settings: Callable[..., Settings],
     start_server: StartServer,
-    start_gateway: Callable[[Settings], Awaitable[URL]],
     broker: aiormq.abc.AbstractChannel,
 ) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
     async with AsyncExitStack() as exits:
@@ -109,9 +120,11 @@ async def make_stack(
             app = create_shop_app(shop or ShopConfig(write_service_time=0.0))
             shop_url = await start_server(app)
             settings = make_settings(shop_url, **sections)
+            gateway_app = create_app(settings)
             stack = Stack(
                 settings=settings,
-                gateway=await start_gateway(settings),
+                gateway=await start_server(gateway_app),
+                gateway_admin=gateway_app[ADMIN_URL],
                 shop_url=shop_url,
                 shop=app[SHOP_STATE],
                 http=http,
@@ -123,3 +136,5 @@ async def make_stack(
             return stack
 
         yield make
+
+
