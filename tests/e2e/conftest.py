@@ -136,5 +136,3 @@ async def make_stack(
             return stack
 
         yield make
-
-
