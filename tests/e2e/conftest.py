@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import aiormq
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from asyncgate.settings import Settings
@@ -115,9 +116,13 @@ async def make_stack(
         http = await exits.enter_async_context(aiohttp.ClientSession())
 
         async def make(
-            with_consumer: bool = True, shop: ShopConfig | None = None, **sections: Any
+            with_consumer: bool = True,
+            shop: ShopConfig | None = None,
+            upstream: web.Application | None = None,
+            **sections: Any,
         ) -> Stack:
-            app = create_shop_app(shop or ShopConfig(write_service_time=0.0))
+            """A stack in front of the demo shop, or of ``upstream`` when given."""
+            app = upstream or create_shop_app(shop or ShopConfig(write_service_time=0.0))
             shop_url = await start_server(app)
             settings = make_settings(shop_url, **sections)
             gateway_app = create_app(settings)
@@ -126,7 +131,7 @@ async def make_stack(
                 gateway=await start_server(gateway_app),
                 gateway_admin=gateway_app[ADMIN_URL],
                 shop_url=shop_url,
-                shop=app[SHOP_STATE],
+                shop=app.get(SHOP_STATE),  # type: ignore[arg-type]
                 http=http,
                 broker=broker,
                 exits=exits,
