@@ -81,8 +81,10 @@ def main() -> None:
     dead.add_argument("--limit", type=int, default=10000, help="dead letters examined at most")
     args = parser.parse_args()
     settings = settings_or_exit(args)
-    configure_logging()
-    if args.command in (None, "run"):
+    operating = args.command not in (None, "run")
+    # An operator command's stdout is its answer (e.g. JSON lines): logs go to stderr.
+    configure_logging(stream=sys.stderr if operating else None)
+    if not operating:
         asyncio.run(run(settings))
     else:
         raise SystemExit(asyncio.run(operate(settings, args)))

@@ -6,12 +6,16 @@ Each test gets its own exchange name, so its queues are its own and are deleted 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiormq
+import asyncpg
 import pytest
 import yaml
 from aiohttp import web
@@ -21,6 +25,34 @@ from asyncgate.settings import Settings, settings_from_mapping
 from gateway.app import create_app
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+PG_URL = os.environ.get("ASYNCGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_url(database: str) -> str:
+    return urlsplit(PG_URL)._replace(path=f"/{database}").geturl()
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(_pg_url("postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty store database on each backend: SQLite in tmp_path, a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    name = f"asyncgate_test_{secrets.token_hex(6)}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _pg_url(name)
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
 
 StartServer = Callable[[web.Application], Awaitable[URL]]
 

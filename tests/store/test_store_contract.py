@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiosqlite
 import asyncpg
@@ -32,37 +29,16 @@ from asyncgate.store import (
     create_store,
 )
 
-PG_URL = os.environ.get("ASYNCGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 OPEN, REJECTED = OperationStatus.OPEN, OperationStatus.REJECTED
 
 Opener = Callable[[], Awaitable[Store]]
 
 
-def _pg_url(database: str) -> str:
-    return urlsplit(PG_URL)._replace(path=f"/{database}").geturl()
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(_pg_url("postgres"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A URL of an empty database of the backend under test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    name = f"asyncgate_test_{secrets.token_hex(6)}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield _pg_url(name)
-    finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture
+def url(store_url: str) -> str:
+    """A URL of an empty database of the backend under test (SQLite, then PostgreSQL)."""
+    return store_url
 
 
 @pytest.fixture
