@@ -7,7 +7,15 @@ CONFIG ?= config/routes.yaml
 # Local state for `make run` (the shipped default is /var/lib/asyncgate, for systemd).
 export ASYNCGATE_STORE ?= sqlite:///$(CURDIR)/var/asyncgate.db
 
-.PHONY: run consumer test lint fmt services check-config clean
+N ?= 1000
+
+.PHONY: demo run consumer test lint fmt services check-config clean
+
+# The seed's experiment: N customers sync, then async, on the embedded transport and store
+# (or on RabbitMQ when ASYNCGATE_BROKER is set). Needs nothing but Python.
+demo: $(STAMP)
+	$(BIN)/python -m demo.experiment --n $(N)
+
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,12 +17,13 @@ from aiohttp import web
 from yarl import URL
 
 from asyncgate.settings import Settings
+from asyncgate.transport import Transport, create_transport
 from consumer.service import RunningConsumer, running_consumer
 from demo.payloads import seed_customer
 from demo.shop import SHOP_STATE, ShopConfig, ShopState, create_shop_app
 from gateway.app import create_app
 from gateway.keys import ADMIN_URL
-from tests.conftest import StartServer, queue_ready
+from tests.conftest import StartServer
 
 AUTH = {"Authorization": "Bearer admin-token"}
 
@@ -58,12 +60,27 @@ class Stack:
             exits, self._consumer_exits, self.consumer = self._consumer_exits, None, None
             await exits.aclose()
 
+    _inspector: Transport | None = None
+
     def queue(self, kind: str, name: str = "default") -> str:
         x = self.settings.broker.exchange
         return {"work": f"{x}.work.{name}", "dead": f"{x}.dead"}[kind]
 
+    async def inspector(self) -> Transport:
+        """A transport of the stack's kind, for looking at queues as an operator would."""
+        if self._inspector is None:
+            self._inspector = create_transport(self.settings, "inspector")
+            await self._inspector.start()
+            self.exits.push_async_callback(self._inspector.close)
+        return self._inspector
+
     async def depth(self, kind: str, name: str = "default") -> int:
-        return await queue_ready(self.broker, self.queue(kind, name))
+        """Ready messages in the work queue ``name`` or the dead-letter queue."""
+        wanted = self.queue(kind, name)
+        for depth in await (await self.inspector()).depth():
+            if depth.queue == wanted:
+                return depth.ready
+        raise AssertionError(f"no queue {wanted}")
 
     async def post(self, path: str, body: Any, method: str = "POST", **kw: Any) -> tuple[int, Any]:
         headers = kw.pop("headers", AUTH)
@@ -107,7 +124,15 @@ class Stack:
 
 
 @pytest.fixture
+def transport_kind() -> str:
+    """Which transport a stack runs on; a test module overrides it to run on both."""
+    return "rabbitmq"
+
+
+@pytest.fixture
 async def make_stack(
+    transport_kind: str,
+    tmp_path: Path,
     make_settings: Callable[..., Settings],
     start_server: StartServer,
     broker: aiormq.abc.AbstractChannel,
@@ -124,6 +149,8 @@ async def make_stack(
             """A stack in front of the demo shop, or of ``upstream`` when given."""
             app = upstream or create_shop_app(shop or ShopConfig(write_service_time=0.0))
             shop_url = await start_server(app)
+            if transport_kind == "sqlite":
+                sections = {"broker": {"url": f"sqlite:///{tmp_path}/queue.db"}} | sections
             settings = make_settings(shop_url, **sections)
             gateway_app = create_app(settings)
             stack = Stack(

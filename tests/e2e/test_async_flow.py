@@ -17,6 +17,12 @@ from tests.e2e.conftest import AUTH, Stack, customer
 CANNOT = {"message": "Specified request cannot be processed."}
 
 
+@pytest.fixture(params=["rabbitmq", "sqlite"])
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on RabbitMQ and on the embedded SQLite transport."""
+    return str(request.param)
+
+
 async def test_seed_walkthrough_single_operation_is_replayed_as_the_sync_call(
     make_stack: Any,
 ) -> None:
@@ -238,11 +244,11 @@ async def test_exhausted_retries_are_dead_lettered_with_the_reason(make_stack: A
     op = status["operations_list"][0]
     assert op["status"] == 2
     assert "after 2 attempts" in op["result_message"]
-    msg = await stack.broker.basic_get(stack.queue("dead"), no_ack=True)
-    headers = msg.header.properties.headers
-    assert headers["x-asyncgate-reason"] == "dead_lettered"
-    assert headers["x-asyncgate-last-status"] == "503"
-    assert json.loads(msg.body)["bulk_uuid"] == body["bulk_uuid"]
+    [letter] = await (await stack.inspector()).dead_letters(10)
+    assert letter.headers["x-asyncgate-reason"] == "dead_lettered"
+    assert letter.headers["x-asyncgate-last-status"] == "503"
+    assert json.loads(letter.body)["bulk_uuid"] == body["bulk_uuid"]
+    await letter.requeue()
 
 
 async def test_unreachable_broker_gives_503_and_nothing_is_accepted(
