@@ -110,6 +110,10 @@ class StoreSettings:
 class IntakeSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     max_bulk_items: int = 5000
+    # Operations per second one caller may queue (0 = no limit), and the burst it may
+    # send at once; past it the gateway answers 429 with Retry-After.
+    rate_limit: float = 0.0
+    rate_burst: float = 5000.0
     forward_headers: tuple[str, ...] = (
         "Authorization",
         "Content-Type",
@@ -425,6 +429,8 @@ def _check(obj: Any) -> list[tuple[str, str, Any]]:
     elif isinstance(obj, IntakeSettings):
         positive("max_body_bytes")
         positive("max_bulk_items")
+        positive("rate_limit", allow_zero=True)
+        positive("rate_burst")
     elif isinstance(obj, RetrySettings):
         positive("max_attempts")
         positive("base_delay")

@@ -25,10 +25,10 @@ import aiohttp
 from asyncgate import metrics
 from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.logs import get_logger
+from asyncgate.ratelimit import RateLimiter
 from asyncgate.settings import RouteSettings, Settings
 from asyncgate.store.base import OperationOutcome, OperationStatus, Store
 from asyncgate.transport import Delivery, Outgoing, Transport
-from consumer.ratelimit import RateLimiter
 from consumer.replay import Attempt, UnsupportedAuth, replay
 from consumer.retry import Decision, RetryPolicy, Verdict, judge
 

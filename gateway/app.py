@@ -18,13 +18,14 @@ from aiohttp import web
 from asyncgate import metrics
 from asyncgate.admin import start_admin
 from asyncgate.logs import get_logger
+from asyncgate.ratelimit import PerCallerLimit
 from asyncgate.routes import find_route, parse_bulk_status, parse_rest_path
 from asyncgate.settings import Settings
 from asyncgate.store import create_store
 from asyncgate.transport import create_transport
 from gateway import intake, status
 from gateway.forwarding import client_info
-from gateway.keys import ADMIN_URL, SESSION, SETTINGS, STORE, TRANSPORT
+from gateway.keys import ADMIN_URL, INTAKE_LIMIT, SESSION, SETTINGS, STORE, TRANSPORT
 from gateway.proxy import new_upstream_session, pass_through
 
 log = get_logger("asyncgate.gateway")
@@ -110,6 +111,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(handler_args={"max_field_size": 16384})
     app[SETTINGS] = settings
+    app[INTAKE_LIMIT] = PerCallerLimit(settings.intake.rate_limit, settings.intake.rate_burst)
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

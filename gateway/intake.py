@@ -8,6 +8,7 @@ non-202 answer leaves nothing that will ever be replayed.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from asyncgate.transport import Outgoing
 from gateway.errors import magento_error
 from gateway.forwarding import ClientInfo
 from gateway.identity import AuthFailed, auth_mode, authenticate
-from gateway.keys import STORE, TRANSPORT
+from gateway.keys import INTAKE_LIMIT, STORE, TRANSPORT
 from gateway.operations import BadRequest, Item, bulk_items, decode_body, single_item
 
 log = get_logger("asyncgate.intake")
@@ -81,6 +82,14 @@ async def handle(
     except AuthFailed as exc:
         log.info("async_refused", route=route_name, status=401, reason=exc.message)
         return magento_error(401, exc.message, exc.parameters)
+    wait = request.app[INTAKE_LIMIT].take(caller.owner, len(items))
+    if wait > 0:
+        log.info("async_refused", route=route_name, status=429, reason="rate limit")
+        return magento_error(
+            429,
+            "Too many requests. Try again later.",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     bulk_uuid = str(uuid.uuid4())
     now = time.time()
     query = request.raw_path.partition("?")[2]

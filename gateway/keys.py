@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from asyncgate.ratelimit import PerCallerLimit
 from asyncgate.settings import Settings
 from asyncgate.store.base import Store
 from asyncgate.transport.base import Transport
@@ -14,3 +15,4 @@ SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 TRANSPORT = web.AppKey("transport", Transport)
 STORE = web.AppKey("store", Store)
 ADMIN_URL = web.AppKey("admin_url", str)
+INTAKE_LIMIT = web.AppKey("intake_limit", PerCallerLimit)

@@ -117,7 +117,7 @@ def write_config(
 
     def write(upstream_url: URL | str = "http://127.0.0.1:9", **sections: Any) -> Path:
         raw = make_raw_config(upstream_url, **sections)
-        made_settings.append(settings_from_mapping(raw))
+        made_settings.append(settings_from_mapping(raw, os.environ))
         path = Path(tmp_path) / f"config-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path

@@ -258,7 +258,7 @@ class AmqpTransport(Transport):
         )
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
-            if not isinstance(failure, _AMQP_ERRORS | PublishError):
+            if not isinstance(failure, (*_AMQP_ERRORS, PublishError)):
                 raise failure
         if failures:
             raise PublishError(f"{len(failures)} of {len(routes)} not confirmed: {failures[0]!r}")

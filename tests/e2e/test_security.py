@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from oauthlib.oauth1 import Client
 from yarl import URL
@@ -12,6 +20,7 @@ from yarl import URL
 from asyncgate import oauth1
 from asyncgate.settings import IntegrationSettings, Secret
 from demo.payloads import seed_customer
+from tests.conftest import StartServer
 from tests.e2e.conftest import Stack
 
 INTEGRATION = {
@@ -22,6 +31,7 @@ INTEGRATION = {
     "access_token_secret": "ats-very-secret-2",
 }
 SECRETS = (INTEGRATION["consumer_secret"], INTEGRATION["access_token_secret"])
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def signed(method: str, url: URL, signature_method: str = "HMAC-SHA256") -> dict[str, str]:
@@ -151,3 +161,130 @@ async def test_status_is_visible_only_to_its_creator(make_stack: Any) -> None:
         f"/rest/V1/bulk/{uuid}/status", headers={"Authorization": "Bearer bob"}
     )
     assert code == 404 and other == {"message": "Request does not match any route."}
+
+
+async def test_per_caller_rate_limit_answers_429_with_retry_after(make_stack: Any) -> None:
+    stack: Stack = await make_stack(with_consumer=False, intake={"rate_limit": 1, "rate_burst": 3})
+    alice = {"Authorization": "Bearer alice"}
+    codes = []
+    for i in range(4):
+        code, _ = await stack.post("/rest/all/async/V1/customers", seed_customer(i), headers=alice)
+        codes.append(code)
+    assert codes == [202, 202, 202, 429]
+    async with stack.http.post(
+        stack.gateway / "rest/all/async/V1/customers", json=seed_customer(9), headers=alice
+    ) as r:
+        assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+        assert "message" in await r.json()
+    # Another caller has a bucket of its own.
+    code, _ = await stack.post(
+        "/rest/all/async/V1/customers", seed_customer(5), headers={"Authorization": "Bearer bob"}
+    )
+    assert code == 202
+    assert await stack.depth("work") == 4
+
+
+async def test_full_work_queue_answers_503_never_a_silent_drop(make_stack: Any) -> None:
+    stack: Stack = await make_stack(with_consumer=False, broker={"max_queue_length": 3})
+    code, _ = await stack.post(
+        "/rest/all/async/bulk/V1/customers", [seed_customer(i) for i in range(3)]
+    )
+    assert code == 202
+    answers = []
+    for i in range(3):
+        async with stack.http.post(
+            stack.gateway / "rest/all/async/V1/customers",
+            json=seed_customer(10 + i),
+            headers={"Authorization": "Bearer alice"},
+        ) as r:
+            answers.append(r.status)
+            if r.status == 503:
+                assert r.headers["Retry-After"]
+    # A quorum queue checks its limit before taking a message, so it admits one past it.
+    assert answers == [202, 503, 503]
+    assert await stack.depth("work") == 4
+    code, listed = await stack.get(
+        "/rest/V1/bulk?searchCriteria[pageSize]=10", headers={"Authorization": "Bearer alice"}
+    )
+    assert code == 200 and listed["total_count"] == 1  # refused bulks leave no trace
+
+
+async def test_no_secret_reaches_any_log_line(
+    make_stack: Any,
+    write_config: Any,
+    start_server: StartServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ERP_CONSUMER_SECRET", INTEGRATION["consumer_secret"])
+    monkeypatch.setenv("ERP_TOKEN_SECRET", INTEGRATION["access_token_secret"])
+    shop = MagentoLikeOAuthShop()
+    shop_url = await start_server(shop.app)
+    stack: Stack = await make_stack(with_consumer=False)
+    port = free_port()
+    config = write_config(
+        shop_url,
+        broker={"exchange": stack.settings.broker.exchange},
+        store={"url": stack.settings.store.url},
+        gateway={"listen": f"127.0.0.1:{port}"},
+        integrations=[
+            {
+                **INTEGRATION,
+                "consumer_secret": "${ERP_CONSUMER_SECRET}",
+                "access_token_secret": "${ERP_TOKEN_SECRET}",
+            }
+        ],
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = [tmp_path / "gateway.log", tmp_path / "consumer.log"]
+    procs = [
+        spawn(role, config, log, env)
+        for role, log in zip(("gateway", "consumer"), logs, strict=True)
+    ]
+    try:
+        gateway = URL(f"http://127.0.0.1:{port}")
+        await stack.wait_for(lambda: _listening(port), within=20)
+        url = gateway / "rest/all/async/V1/customers"
+        headers = signed("POST", url)
+        async with stack.http.post(url, json=seed_customer(1), headers=headers) as r:
+            assert r.status == 202
+        async with stack.http.post(url, json=seed_customer(2), headers=headers) as r:
+            assert r.status == 401  # the same nonce again
+        bearer = {"Authorization": "Bearer top-secret-bearer", "Cookie": "PHPSESSID=cookie-secret"}
+        async with stack.http.post(url, json=seed_customer(3), headers=bearer) as r:
+            assert r.status == 401  # integrations configured: OAuth required
+        async with stack.http.get(gateway / "rest/V1/customers/1", headers=bearer) as r:
+            await r.read()
+        await stack.wait_for(lambda: len(shop.accepted) == 1, within=20)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+    text = "".join(log.read_text() for log in logs)
+    assert "operation_replayed" in text and "bulk_accepted" in text
+    oauth_signature = headers["Authorization"].split('oauth_signature="')[1].split('"')[0]
+    for secret in (*SECRETS, "top-secret-bearer", "cookie-secret", oauth_signature):
+        assert secret not in text, secret
+
+
+def spawn(role: str, config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", role, "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
