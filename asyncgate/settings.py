@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from asyncgate.crypto import CredentialCipher
 from asyncgate.errors import ConfigError
 from asyncgate.routes import RouteSpec
 
@@ -154,6 +155,17 @@ class ConsumerSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    # Fernet keys (``Fernet.generate_key()``): the current one seals queued credentials,
+    # the previous one only opens messages sealed before a rotation.
+    encryption_key: Secret | None = None
+    previous_encryption_key: Secret | None = None
+
+    def cipher_keys(self) -> list[str]:
+        return [k.reveal() for k in (self.encryption_key, self.previous_encryption_key) if k]
+
+
+@dataclass(frozen=True)
 class IntegrationSettings:
     """A Magento integration (System > Integrations): its four OAuth 1.0a credentials."""
 
@@ -187,6 +199,7 @@ class Settings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     integrations: tuple[IntegrationSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     # Compiled from `routes` and `intake.deny` after validation; not a YAML key.
@@ -317,7 +330,8 @@ def _coerce(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: not a CIDR network, got {value!r}")
             return None
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        # An optional value left empty by ``${VAR:-}`` is not set.
+        if (value is None or value == "") and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
@@ -472,6 +486,15 @@ def _compile(settings: Settings, errors: list[str]) -> Settings:
             routes.append(RouteSpec.parse(route.match, route))
         except ValueError as exc:
             errors.append(f"routes[{i}].match: {exc} (value {route.match!r})")
+    if settings.security.cipher_keys():
+        try:
+            CredentialCipher(settings.security.cipher_keys())
+        except ValueError:
+            errors.append(
+                "security: an encryption key is not a Fernet key (32 url-safe base64 bytes)"
+            )
+        if settings.security.encryption_key is None:
+            errors.append("security.previous_encryption_key: set only with encryption_key")
     seen_names: set[str] = set()
     seen_keys: set[str] = set()
     for i, integration in enumerate(settings.integrations):

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from asyncgate import oauth1
+from asyncgate.crypto import CredentialCipher, CredentialError, open_headers
 from asyncgate.envelope import Envelope
 from asyncgate.settings import IntegrationSettings, Settings
 
@@ -48,10 +49,16 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 def request_headers(
-    env: Envelope, url: str, integrations: Mapping[str, IntegrationSettings]
+    env: Envelope,
+    url: str,
+    integrations: Mapping[str, IntegrationSettings],
+    cipher: CredentialCipher | None,
 ) -> CIMultiDict[str]:
     """Forwarded headers, plus the replay's own: ids, and a fresh OAuth signature if due."""
-    headers: CIMultiDict[str] = CIMultiDict(env.headers)
+    try:
+        headers: CIMultiDict[str] = CIMultiDict(open_headers(env.headers, cipher))
+    except CredentialError as exc:
+        raise UnsupportedAuth(str(exc)) from None
     kind, _, rest = env.auth.partition(":")
     if kind == "oauth1":
         name, _, method = rest.rpartition(":")
@@ -77,6 +84,7 @@ async def replay(
     upstream: str,
     env: Envelope,
     integrations: Mapping[str, IntegrationSettings],
+    cipher: CredentialCipher | None = None,
 ) -> Attempt:
     """Send the operation upstream once; never raises for network trouble."""
     text = upstream.rstrip("/") + env.path + (f"?{env.query}" if env.query else "")
@@ -84,7 +92,7 @@ async def replay(
         async with session.request(
             env.method,
             URL(text, encoded=True),
-            headers=request_headers(env, text, integrations),
+            headers=request_headers(env, text, integrations, cipher),
             data=env.body.encode() if env.body else None,
             allow_redirects=False,
         ) as response:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from asyncgate import metrics
+from asyncgate.crypto import CredentialCipher
 from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.logs import get_logger
 from asyncgate.ratelimit import RateLimiter
@@ -63,6 +64,8 @@ class Worker:
         self._limiter = RateLimiter(settings.consumer.rate_limit)
         self._policies = {r.name: r for r in settings.routes}
         self._integrations = {i.name: i for i in settings.integrations}
+        keys = settings.security.cipher_keys()
+        self._cipher = CredentialCipher(keys) if keys else None
         self._inflight: set[asyncio.Task[object]] = set()
         # Settle steps run as their own tasks so that cancelling a handler never cuts
         # them in half; shutdown waits for them before the connection closes.
@@ -148,7 +151,9 @@ class Worker:
 
     async def _replay(self, env: Envelope) -> Attempt:
         try:
-            return await replay(self._session, self._settings.upstream.url, env, self._integrations)
+            return await replay(
+                self._session, self._settings.upstream.url, env, self._integrations, self._cipher
+            )
         except UnsupportedAuth as exc:
             return Attempt(status=None, reason="", body="", error=str(exc))
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from asyncgate import metrics
 from asyncgate.admin import start_admin
+from asyncgate.crypto import CredentialCipher
 from asyncgate.logs import get_logger
 from asyncgate.ratelimit import PerCallerLimit
 from asyncgate.routes import find_route, parse_bulk_status, parse_rest_path
@@ -25,7 +26,7 @@ from asyncgate.store import create_store
 from asyncgate.transport import create_transport
 from gateway import intake, status
 from gateway.forwarding import client_info
-from gateway.keys import ADMIN_URL, INTAKE_LIMIT, SESSION, SETTINGS, STORE, TRANSPORT
+from gateway.keys import ADMIN_URL, CIPHER, INTAKE_LIMIT, SESSION, SETTINGS, STORE, TRANSPORT
 from gateway.proxy import new_upstream_session, pass_through
 
 log = get_logger("asyncgate.gateway")
@@ -112,6 +113,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(handler_args={"max_field_size": 16384})
     app[SETTINGS] = settings
     app[INTAKE_LIMIT] = PerCallerLimit(settings.intake.rate_limit, settings.intake.rate_burst)
+    keys = settings.security.cipher_keys()
+    app[CIPHER] = CredentialCipher(keys) if keys else None
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

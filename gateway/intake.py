@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from asyncgate import metrics
+from asyncgate.crypto import seal_headers
 from asyncgate.envelope import Envelope, operation_id
 from asyncgate.errors import PublishError
 from asyncgate.jsonutil import dumps
@@ -27,7 +28,7 @@ from asyncgate.transport import Outgoing
 from gateway.errors import magento_error
 from gateway.forwarding import ClientInfo
 from gateway.identity import AuthFailed, auth_mode, authenticate
-from gateway.keys import INTAKE_LIMIT, STORE, TRANSPORT
+from gateway.keys import CIPHER, INTAKE_LIMIT, STORE, TRANSPORT
 from gateway.operations import BadRequest, Item, bulk_items, decode_body, single_item
 
 log = get_logger("asyncgate.intake")
@@ -95,11 +96,14 @@ async def handle(
     query = request.raw_path.partition("?")[2]
     # A client's OAuth header is only good for the URL it signed: never carry it.
     skip = {"authorization"} if caller.replay_auth != "forward" else set()
-    headers = tuple(
-        (name, value)
-        for name in settings.intake.forward_headers
-        if name.lower() not in skip
-        for value in request.headers.getall(name, [])
+    headers = seal_headers(
+        [
+            (name, value)
+            for name in settings.intake.forward_headers
+            if name.lower() not in skip
+            for value in request.headers.getall(name, [])
+        ],
+        request.app[CIPHER],
     )
     topic = f"async{rest.v1_path.replace('/', '.')}.{method}"
     bulk = NewBulk(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from asyncgate.crypto import CredentialCipher
 from asyncgate.ratelimit import PerCallerLimit
 from asyncgate.settings import Settings
 from asyncgate.store.base import Store
@@ -16,3 +17,4 @@ TRANSPORT = web.AppKey("transport", Transport)
 STORE = web.AppKey("store", Store)
 ADMIN_URL = web.AppKey("admin_url", str)
 INTAKE_LIMIT = web.AppKey("intake_limit", PerCallerLimit)
+CIPHER = web.AppKey[CredentialCipher | None]("cipher")

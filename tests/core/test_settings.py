@@ -109,3 +109,16 @@ def test_check_config_exit_status(module: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "gateway.listen" in result.stderr and "gateway.bogus: unknown key" in result.stderr
+
+
+def test_encryption_keys_are_optional_validated_and_hidden() -> None:
+    settings = load_settings(ROOT / "config/routes.yaml", env={})
+    assert settings.security.cipher_keys() == []
+    key = "k" * 43 + "="
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"security": {"encryption_key": "not-a-fernet-key"}}, {})
+    assert "not a Fernet key" in "\n".join(info.value.problems)
+    assert "not-a-fernet-key" not in "\n".join(info.value.problems)
+    settings = settings_from_mapping({"security": {"encryption_key": "${K}"}}, {"K": key})
+    assert settings.security.cipher_keys() == [key]
+    assert key not in repr(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.fernet import Fernet
 from oauthlib.oauth1 import Client
+from pamqp.commands import Basic
 from yarl import URL
 
 from asyncgate import oauth1
@@ -288,3 +291,29 @@ def free_port() -> int:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_credentials_are_sealed_in_the_queue_and_open_after_a_key_rotation(
+    make_stack: Any, make_settings: Any
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    stack: Stack = await make_stack(with_consumer=False, security={"encryption_key": old})
+    bearer = {"Authorization": "Bearer alice-secret-token"}
+    code, _ = await stack.post("/rest/all/async/V1/customers", seed_customer(1), headers=bearer)
+    assert code == 202
+    message = await stack.broker.basic_get(stack.queue("work"), no_ack=False)
+    assert isinstance(message.delivery, Basic.GetOk)
+    assert b"alice-secret-token" not in message.body and b"enc:fernet:" in message.body
+    await stack.broker.basic_nack(message.delivery.delivery_tag, requeue=True)
+    # The key was rotated before the consumer got to it: the previous key still opens it.
+    rotated = dataclasses.replace(
+        stack.settings,
+        security=dataclasses.replace(
+            stack.settings.security,
+            encryption_key=Secret(new),
+            previous_encryption_key=Secret(old),
+        ),
+    )
+    await stack.start_consumer(rotated)
+    await stack.wait_for(lambda: len(stack.shop.applied) == 1)
+    assert stack.shop.applied[0].headers_snapshot["Authorization"] == bearer["Authorization"]
