@@ -20,6 +20,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from asyncgate import oauth1
+from asyncgate.settings import IntegrationSettings
+
 INTERESTING_HEADERS = ("Authorization", "X-Request-Id", "Idempotency-Key", "Content-Type")
 DUPLICATE_EMAIL = "A customer with the same email address already exists in an associated website."
 UNAUTHORIZED = "The consumer isn't authorized to access %resources."
@@ -34,6 +37,9 @@ class ShopConfig:
     write_service_time: float = 0.1
     bearer_tokens: frozenset[str] = frozenset()
     require_auth: bool = False  # with no bearer_tokens: any Authorization header passes
+    # Integrations whose OAuth 1.0a requests are verified as Magento does: the full URL
+    # signed, the timestamp within 600 s, each nonce once per consumer key.
+    integrations: tuple[IntegrationSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class ShopState:
     in_flight: int = 0
     max_in_flight: int = 0
     next_ids: dict[str, int] = field(default_factory=dict)
+    nonces: set[tuple[str, str]] = field(default_factory=set)
 
     def new_id(self, kind: str) -> int:
         self.next_ids[kind] = self.next_ids.get(kind, 0) + 1
@@ -104,12 +111,34 @@ def _snake(value: Any) -> Any:
     return value
 
 
-def _check_auth(request: web.Request) -> None:
+def _check_oauth(request: web.Request, header: str, body: bytes) -> None:
+    state = request.app[SHOP_STATE]
+    try:
+        verified = oauth1.verify(
+            request.method,
+            f"{request.scheme}://{request.host}{request.raw_path}",
+            header,
+            body,
+            request.headers.get("Content-Type"),
+            {i.consumer_key: i for i in state.config.integrations},
+            now=time.time(),
+        )
+    except oauth1.OAuthError as exc:
+        raise ShopError(401, exc.message, exc.parameters or None) from None
+    if (verified.consumer_key, verified.nonce) in state.nonces:
+        raise ShopError(401, "The nonce is already being used by the consumer with ID %1.")
+    state.nonces.add((verified.consumer_key, verified.nonce))
+
+
+def _check_auth(request: web.Request, body: bytes = b"") -> None:
     config = request.app[SHOP_STATE].config
-    if not (config.require_auth or config.bearer_tokens):
-        return
     header = request.headers.get("Authorization", "").strip()
     scheme, _, token = header.partition(" ")
+    if config.integrations and scheme.lower() == "oauth":
+        _check_oauth(request, header, body)
+        return
+    if not (config.require_auth or config.bearer_tokens or config.integrations):
+        return
     if config.bearer_tokens:
         ok = scheme.lower() == "bearer" and token.strip() in config.bearer_tokens
     else:
@@ -137,7 +166,8 @@ Apply = Callable[[ShopState, web.Request, Any], dict[str, Any]]
 
 async def _write(request: web.Request, apply: Apply) -> web.Response:
     """Shared write path: auth, latency, fail injection, then ONE lock for the service time."""
-    _check_auth(request)
+    raw = await request.read()
+    _check_auth(request, raw)
     state = request.app[SHOP_STATE]
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -151,7 +181,6 @@ async def _write(request: web.Request, apply: Apply) -> web.Response:
             if rule.count <= 0:
                 state.fail_rules.remove(rule)
             raise ShopError(rule.status, rule.message)
-        raw = await request.read()
         body = _decode(raw)
         async with state.lock:
             await asyncio.sleep(state.config.write_service_time)

@@ -240,3 +240,25 @@ async def test_unknown_routes(aiohttp_client: AiohttpClient) -> None:
         resp = await client.request(method, path, json=SEED)
         assert resp.status == 404 and await resp.json() == no_route, (method, path)
     assert client.app[SHOP_STATE].applied == []
+
+
+async def test_oauth_is_checked_like_magento(aiohttp_client: AiohttpClient) -> None:
+    from oauthlib.oauth1 import Client as OAuthClient
+
+    from asyncgate.settings import IntegrationSettings, Secret
+
+    erp = IntegrationSettings("erp", "ck-erp", Secret("cs"), "at-erp", Secret("ats"))
+    client = await make(aiohttp_client, integrations=(erp,))
+    url = str(client.make_url("/rest/all/V1/customers"))
+    signer = OAuthClient(
+        "ck-erp", client_secret="cs", resource_owner_key="at-erp", resource_owner_secret="ats"
+    )
+    _, headers, _ = signer.sign(url, http_method="POST")
+    response = await client.post("/rest/all/V1/customers", json=SEED, headers=headers)
+    assert response.status == 200
+    again = await client.post("/rest/all/V1/customers", json=SEED, headers=headers)
+    assert again.status == 401  # the nonce was used
+    _, other, _ = signer.sign(url.replace("/V1/", "/async/V1/"), http_method="POST")
+    wrong_url = await client.post("/rest/all/V1/customers", json=SEED, headers=other)
+    assert wrong_url.status == 401
+    assert (await wrong_url.json())["message"] == "The signature is invalid. Verify and try again."
