@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from asyncgate.store import create_store
+from asyncgate.transport import Outgoing
 from demo.payloads import SEED_CUSTOMER
 from tests.e2e.conftest import AUTH, Stack, customer
 
@@ -295,3 +296,27 @@ async def test_concurrency_cap_holds_under_a_burst_of_500(make_stack: Any) -> No
     assert 1 < stack.shop.max_in_flight <= 8
     await asyncio.sleep(0.2)
     assert len(stack.shop.applied) == 500
+
+
+async def test_poison_messages_are_parked_and_the_queue_keeps_flowing(make_stack: Any) -> None:
+    stack: Stack = await make_stack()
+    inspector = await stack.inspector()
+    await inspector.publish(
+        [
+            Outgoing("default", b"not json at all", "poison-1"),
+            Outgoing("default", b'{"v": 99, "operation_id": "x"}', "poison-2"),
+        ]
+    )
+    code, _ = await stack.post("/rest/all/async/V1/customers", SEED_CUSTOMER)
+    assert code == 202
+    await stack.wait_for(lambda: len(stack.shop.applied) == 1)
+
+    async def parked() -> bool:
+        return await stack.depth("dead") == 2
+
+    await stack.wait_for(parked)
+    letters = await inspector.dead_letters(10)
+    assert {d.headers["x-asyncgate-reason"] for d in letters} == {"poison"}
+    assert any("unknown envelope version 99" in d.headers["x-asyncgate-error"] for d in letters)
+    for letter in letters:
+        await letter.ack()
