@@ -48,7 +48,9 @@ async def dead_letters(
     action: str,
     bulk_uuid: str | None,
     limit: int,
-    statuses: frozenset[OperationStatus] = frozenset(OperationStatus),
+    # Never a completed operation: its dead letter can be stale (the consumer died
+    # after parking it and before recording, then a redelivery succeeded).
+    statuses: frozenset[OperationStatus] = frozenset(OperationStatus) - {OperationStatus.COMPLETE},
     out: TextIO = sys.stdout,
 ) -> int:
     """Apply ``action`` (list, requeue, purge) to dead letters; return how many it touched.

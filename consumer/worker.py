@@ -104,6 +104,11 @@ class Worker:
             if delivery not in self._settling:
                 await asyncio.shield(delivery.requeue())
             raise
+        except Exception as exc:
+            # The store or the publishing link failed mid-way: hand the message back,
+            # or it would hold a prefetch slot until the consumer restarts.
+            log.error("operation_handling_failed", message_id=delivery.message_id, error=repr(exc))
+            await asyncio.shield(delivery.requeue())
         finally:
             self._inflight.discard(task)
             metrics.CONSUMER_IN_FLIGHT.dec()

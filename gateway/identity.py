@@ -61,7 +61,8 @@ async def authenticate(
     if mode == "oauth1" or header.lower().startswith("oauth "):
         return await _verify_oauth(request, settings, client, store, body, header)
     if header:
-        digest = hashlib.sha256(header.encode()).hexdigest()
+        # aiohttp keeps undecodable header bytes as surrogates: hash those bytes as sent.
+        digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
         return Caller(f"token:{digest}", UserType.ADMIN, "forward")
     if mode == "guest":
         return Caller("guest", UserType.GUEST, "forward")
@@ -91,6 +92,8 @@ async def _verify_oauth(
         )
     except oauth1.OAuthError as exc:
         raise AuthFailed(exc.message, exc.parameters or None) from None
+    except UnicodeError:
+        raise AuthFailed(oauth1.INVALID_SIGNATURE) from None
     window = 600.0 * NONCE_MEMORY_FACTOR
     expires = datetime.fromtimestamp(verified.timestamp + window, UTC)
     if not await store.use_nonce(verified.consumer_key, verified.nonce, expires):

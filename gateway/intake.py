@@ -7,6 +7,7 @@ non-202 answer leaves nothing that will ever be replayed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -18,13 +19,12 @@ from aiohttp import web
 from asyncgate import metrics
 from asyncgate.crypto import seal_headers
 from asyncgate.envelope import Envelope, operation_id
-from asyncgate.errors import PublishError
 from asyncgate.jsonutil import dumps
 from asyncgate.logs import get_logger
 from asyncgate.routes import WRITE_METHODS, RestPath, RouteSpec, find_route
 from asyncgate.settings import Settings
-from asyncgate.store.base import NewBulk, NewOperation, OperationStatus
-from asyncgate.transport import Outgoing
+from asyncgate.store.base import NewBulk, NewOperation, OperationStatus, Store
+from asyncgate.transport import Outgoing, Transport
 from gateway.errors import magento_error
 from gateway.forwarding import ClientInfo
 from gateway.identity import AuthFailed, auth_mode, authenticate
@@ -75,6 +75,8 @@ async def handle(
             items = single_item(rest.v1_path, text)
     except BadRequest as exc:
         return magento_error(400, str(exc))
+    except UnicodeError:  # e.g. a lone surrogate escaped in the JSON
+        return magento_error(400, "The request body is not valid UTF-8.")
 
     store = request.app[STORE]
     mode = auth_mode(settings, policy.auth if policy is not None else None)
@@ -114,50 +116,43 @@ async def handle(
         start_time=datetime.fromtimestamp(now, UTC),
         operations=tuple(_new_operation(item, topic) for item in items),
     )
-    messages = [
-        Outgoing(
-            queue=queue,
-            message_id=operation_id(bulk_uuid, item.index),
-            body=Envelope(
-                operation_id=operation_id(bulk_uuid, item.index),
-                bulk_uuid=bulk_uuid,
-                index=item.index,
-                route=route_name,
+    try:
+        messages = [
+            Outgoing(
                 queue=queue,
-                method=method,
-                path=rest.replay_path(item.v1_path),
-                query=query,
-                headers=headers,
-                body=item.body,
-                client=client.address,
-                received_at=now,
-                auth=caller.replay_auth,
-            ).to_bytes(),
-        )
-        for item in items
-        if item.error is None
-    ]
+                message_id=operation_id(bulk_uuid, item.index),
+                body=Envelope(
+                    operation_id=operation_id(bulk_uuid, item.index),
+                    bulk_uuid=bulk_uuid,
+                    index=item.index,
+                    route=route_name,
+                    queue=queue,
+                    method=method,
+                    path=rest.replay_path(item.v1_path),
+                    query=query,
+                    headers=headers,
+                    body=item.body,
+                    client=client.address,
+                    received_at=now,
+                    auth=caller.replay_auth,
+                ).to_bytes(),
+            )
+            for item in items
+            if item.error is None
+        ]
+    except UnicodeError:  # a forwarded header carried bytes that are not UTF-8
+        return magento_error(400, "A request header is not valid UTF-8.")
     try:
         await store.record_bulk(bulk)
     except Exception as exc:  # the store is down or locked: refuse, nothing queued
         log.error("store_record_failed", bulk_uuid=bulk_uuid, error=repr(exc))
         return _unavailable("The operation store is unavailable. Try again later.")
-    try:
-        if messages:
-            with metrics.GATEWAY_CONFIRM_SECONDS.time():
-                await request.app[TRANSPORT].publish(messages)
-    except PublishError as exc:
-        await store.withdraw_bulk(bulk_uuid)
-        log.warning("publish_failed", bulk_uuid=bulk_uuid, route=route_name, error=str(exc))
-        return _unavailable("The message queue is unavailable. Try again later.")
-    try:
-        await store.accept_bulk(bulk_uuid)
-    except Exception as exc:
-        # Unaccepted, the published messages are dropped by the consumer: a 503 is true.
-        log.error("store_accept_failed", bulk_uuid=bulk_uuid, error=repr(exc))
-        with contextlib.suppress(Exception):
-            await store.withdraw_bulk(bulk_uuid)
-        return _unavailable("The operation store is unavailable. Try again later.")
+    # Shielded: a client that hangs up mid-publish must not leave its bulk half-decided.
+    problem = await asyncio.shield(
+        _publish_and_accept(request.app[TRANSPORT], store, bulk_uuid, messages, route_name)
+    )
+    if problem is not None:
+        return _unavailable(problem)
     metrics.GATEWAY_OPERATIONS.labels(route_name, "accepted").inc(len(messages))
     if len(items) > len(messages):
         metrics.GATEWAY_OPERATIONS.labels(route_name, "rejected").inc(len(items) - len(messages))
@@ -180,6 +175,30 @@ async def handle(
         ),
         content_type="application/json",
     )
+
+
+async def _publish_and_accept(
+    transport: Transport, store: Store, bulk_uuid: str, messages: list[Outgoing], route: str
+) -> str | None:
+    """Publish confirmed, then accept; on any failure withdraw. Returns why it failed."""
+    try:
+        if messages:
+            with metrics.GATEWAY_CONFIRM_SECONDS.time():
+                await transport.publish(messages)
+    except Exception as exc:  # PublishError, or anything else: never a 202 unconfirmed
+        log.warning("publish_failed", bulk_uuid=bulk_uuid, route=route, error=repr(exc))
+        with contextlib.suppress(Exception):
+            await store.withdraw_bulk(bulk_uuid)
+        return "The message queue is unavailable. Try again later."
+    try:
+        await store.accept_bulk(bulk_uuid)
+    except Exception as exc:
+        # Unaccepted, the published messages are dropped by the consumer: a 503 is true.
+        log.error("store_accept_failed", bulk_uuid=bulk_uuid, error=repr(exc))
+        with contextlib.suppress(Exception):
+            await store.withdraw_bulk(bulk_uuid)
+        return "The operation store is unavailable. Try again later."
+    return None
 
 
 def _new_operation(item: Item, topic: str) -> NewOperation:

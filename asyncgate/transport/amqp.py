@@ -140,17 +140,25 @@ class AmqpDelivery(Delivery):
         assert isinstance(frame, Basic.Deliver | Basic.GetOk)
         self._channel = channel
         self._tag: int = frame.delivery_tag or 0
+        self._answered = False
         self.body = msg.body
         self.message_id = props.message_id or ""
         self.redelivered = bool(frame.redelivered)
         self.headers = {str(k): str(v) for k, v in (props.headers or {}).items() if k != "x-death"}
 
     async def ack(self) -> None:
+        # Answer once: a second answer to a tag makes RabbitMQ close the whole channel.
+        if self._answered:
+            return
+        self._answered = True
         # A channel lost since delivery means the broker requeued it already.
         with contextlib.suppress(*_AMQP_ERRORS):
             await self._channel.basic_ack(self._tag)
 
     async def requeue(self) -> None:
+        if self._answered:
+            return
+        self._answered = True
         with contextlib.suppress(*_AMQP_ERRORS):
             await self._channel.basic_nack(self._tag, requeue=True)
 

@@ -97,3 +97,29 @@ async def test_pass_through_refuses_ambiguous_requests(make_stack: Any) -> None:
     assert stack.shop.applied == []
     async with stack.http.get(stack.gateway / "rest/V1/customers/1") as r:
         assert r.status == 404
+
+
+async def test_undecodable_text_gets_400_or_401_never_500(make_stack: Any) -> None:
+    """Regressions: a lone surrogate in a bulk item, non-UTF-8 bytes in Authorization/Cookie."""
+    stack: Stack = await make_stack(with_consumer=False)
+    async with stack.http.post(
+        stack.gateway / "rest/all/async/bulk/V1/products",
+        data=b'[{"product": {"name": "\\ud800"}}]',
+        headers={**AUTH, "Content-Type": "application/json"},
+    ) as r:
+        assert r.status == 400
+    for header in (b"Authorization: Bearer \xff\xfe", b'Authorization: OAuth oauth_token="\xff"'):
+        for extra in (b"", b"Cookie: a=\xff\r\n"):
+            reader, writer = await asyncio.open_connection(stack.gateway.host, stack.gateway.port)
+            writer.write(
+                b"POST /rest/all/async/V1/customers HTTP/1.1\r\nHost: x\r\n"
+                + header
+                + b"\r\n"
+                + extra
+                + b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                + b"Connection: close\r\n\r\n{}"
+            )
+            status_line = await reader.readline()
+            writer.close()
+            assert int(status_line.split()[1]) in (202, 400, 401), (header, extra, status_line)
+    assert await stack.depth("work") <= 2
