@@ -10,17 +10,16 @@ wait for the other's instead of failing.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
+from asyncgate.sqlite_writer import GroupCommitWriter, connect
 from asyncgate.store.base import (
     BulkFilter,
     BulkView,
@@ -36,9 +35,6 @@ from asyncgate.store.queries import BULK_COLUMNS, OPERATION_COLUMNS, Dialect, se
 
 T = TypeVar("T")
 
-_BUSY_TIMEOUT_MS = 5000
-# Writes per transaction: bounds how long the other process waits for the write lock.
-_MAX_BATCH = 128
 # Expired nonces are deleted at most this often: a sweep per request would double the writes.
 _NONCE_SWEEP_SECONDS = 60.0
 
@@ -100,19 +96,12 @@ def _now() -> str:
 _DIALECT = Dialect(like="LIKE", start_time_text="substr(b.start_time, 1, 19)", timestamp=_ts)
 
 
-@dataclass(frozen=True)
-class _Write:
-    job: Callable[[aiosqlite.Connection], Awaitable[Any]]
-    future: asyncio.Future[Any]  # settled after the commit
-
-
 class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._writes: GroupCommitWriter | None = None
         self._next_nonce_sweep = 0.0
 
     async def open(self) -> None:
@@ -125,84 +114,30 @@ class SQLiteStore(Store):
         except BaseException:
             await self.close()
             raise
-        self._task = asyncio.create_task(self._write_loop(self._writer))
+        self._writes = GroupCommitWriter(self._writer, _not_open)
 
     async def close(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None  # refuse new writes from here on
-            self._queue.put_nowait(None)  # the loop commits what is queued before it, then ends
-            await task
+        if self._writes is not None:
+            await self._writes.close()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
 
     async def ping(self) -> None:
-        if self._task is None or self._task.done():
-            raise RuntimeError("the SQLite store is not open")
+        if self._writes is None or not self._writes.running:
+            raise _not_open()
         await self._rows("SELECT 1")
 
     async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: no implicit transactions; batches BEGIN IMMEDIATE themselves.
-        conn = await aiosqlite.connect(self._path, isolation_level=None)
-        try:
-            await conn.execute_fetchall(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            await _enable_wal(conn)
-            await conn.execute_fetchall("PRAGMA synchronous = NORMAL")
-            await conn.execute_fetchall("PRAGMA foreign_keys = ON")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+        return await connect(self._path, foreign_keys=True)
 
-    # --- the writer ---------------------------------------------------------------------
+    # --- the writer -------------------------------------------------------------------
     async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Queue a write for the next batch; return its result once committed."""
-        if self._task is None:
-            raise RuntimeError("the SQLite store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(job, future))
-        return await future
-
-    async def _write_loop(self, conn: aiosqlite.Connection) -> None:
-        while (write := await self._queue.get()) is not None:
-            batch = [write]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                write = self._queue.get_nowait()
-                if write is None:
-                    self._queue.put_nowait(None)  # close() is waiting: stop after this batch
-                    break
-                batch.append(write)
-            try:
-                await self._flush(conn, batch)
-            except Exception as exc:  # even ROLLBACK failed: no caller may wait forever
-                for w in batch:
-                    _settle(w.future, error=exc)
-
-    async def _flush(self, conn: aiosqlite.Connection, batch: list[_Write]) -> None:
-        batch = [w for w in batch if not w.future.cancelled()]  # their callers are gone
-        if not batch:
-            return
-        try:
-            await conn.execute_fetchall("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:  # still locked after busy_timeout: nothing can be written
-            for w in batch:
-                _settle(w.future, error=exc)
-            return
-        try:
-            results = [await w.job(conn) for w in batch]
-            await conn.execute_fetchall("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                await conn.execute_fetchall("ROLLBACK")
-            if len(batch) == 1:
-                _settle(batch[0].future, error=exc)
-            else:  # alone, a bad write (duplicate bulk_uuid, unknown bulk) fails only its caller
-                for w in batch:
-                    await self._flush(conn, [w])
-            return
-        for w, result in zip(batch, results, strict=True):
-            _settle(w.future, result=result)
+        if self._writes is None:
+            raise _not_open()
+        return await self._writes.write(job)
 
     # --- gateway: intake ----------------------------------------------------------------
     async def record_bulk(self, bulk: NewBulk) -> None:
@@ -321,27 +256,8 @@ class SQLiteStore(Store):
         return list(await self._reader.execute_fetchall(sql, params))
 
 
-def _settle(
-    future: asyncio.Future[Any], result: Any = None, error: Exception | None = None
-) -> None:
-    if future.done():  # the caller was cancelled
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-async def _enable_wal(conn: aiosqlite.Connection) -> None:
-    """Switching a new file to WAL does not wait on busy_timeout: when two processes
-    open it at once, the loser is told "locked" at once, so try again briefly."""
-    for _ in range(100):
-        try:
-            await conn.execute_fetchall("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError:
-            await asyncio.sleep(0.05)
-    await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+def _not_open() -> RuntimeError:
+    return RuntimeError("the SQLite store is not open")
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:

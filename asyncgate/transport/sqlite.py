@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +36,7 @@ from asyncgate import metrics
 from asyncgate.errors import PublishError
 from asyncgate.logs import get_logger
 from asyncgate.settings import Settings
-from asyncgate.store.sqlite import _BUSY_TIMEOUT_MS, _MAX_BATCH, _enable_wal, _settle
+from asyncgate.sqlite_writer import GroupCommitWriter, connect
 from asyncgate.transport.amqp import DELIVERY_LIMIT, QUEUE_HEADER
 from asyncgate.transport.base import Delivery, Handler, Outgoing, QueueDepth, Transport
 
@@ -80,13 +79,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class _Write:
-    job: Callable[[aiosqlite.Connection], Awaitable[Any]]
-    durable: bool  # confirms a message: committed with synchronous=FULL
-    future: asyncio.Future[Any]  # settled after the commit
-
-
 class SqliteDelivery(Delivery):
     def __init__(self, transport: SqliteTransport, table: str, token: str, row: Any) -> None:
         row_id, queue, message_id, headers, body, deliveries = row
@@ -123,9 +115,7 @@ class SqliteTransport(Transport):
         self._gauges[0].set(0)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._full_sync = False
+        self._writes: GroupCommitWriter | None = None
         self._wake = asyncio.Event()
         self._lease_lock = asyncio.Lock()
         self._keeper: asyncio.Task[None] | None = None
@@ -138,14 +128,14 @@ class SqliteTransport(Transport):
     # --- lifecycle --------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._writer_task is not None and not self._writer_task.done()
+        return self._writes is not None and self._writes.running
 
     @property
     def consuming(self) -> bool:
         return self._consuming and self.connected
 
     async def start(self) -> None:
-        if self._writer_task is not None:
+        if self._writes is not None:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -156,7 +146,7 @@ class SqliteTransport(Transport):
         except BaseException:
             await self._close_connections()
             raise
-        self._writer_task = asyncio.create_task(self._write_loop(self._writer))
+        self._writes = GroupCommitWriter(self._writer, _not_open)
         self._gauges[0].set(1)
 
     async def close(self) -> None:
@@ -175,25 +165,14 @@ class SqliteTransport(Transport):
             held, self._held = list(self._held), set()
             with contextlib.suppress(PublishError, sqlite3.Error):
                 await self._write(lambda conn: _release(conn, held))
-        if self._writer_task is not None:
-            task, self._writer_task = self._writer_task, None  # refuse new writes from here on
-            self._queue.put_nowait(None)  # the loop commits what is queued before it, then ends
-            await task
+        if self._writes is not None:
+            await self._writes.close()
         for gauge in self._gauges:
             gauge.set(0)
         await self._close_connections()
 
     async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: no implicit transactions; batches BEGIN IMMEDIATE themselves.
-        conn = await aiosqlite.connect(self._path, isolation_level=None)
-        try:
-            await conn.execute_fetchall(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            await _enable_wal(conn)
-            await conn.execute_fetchall("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+        return await connect(self._path)
 
     async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):
@@ -205,53 +184,15 @@ class SqliteTransport(Transport):
     async def _write(
         self, job: Callable[[aiosqlite.Connection], Awaitable[T]], durable: bool = False
     ) -> T:
-        """Queue a write for the next batch; return its result once committed."""
-        if self._writer_task is None:
-            raise PublishError("the SQLite queue is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(job, durable, future))
-        return await future
+        """Queue a write for the next batch; return its result once committed.
 
-    async def _write_loop(self, conn: aiosqlite.Connection) -> None:
-        while (write := await self._queue.get()) is not None:
-            batch = [write]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                write = self._queue.get_nowait()
-                if write is None:
-                    self._queue.put_nowait(None)  # close() is waiting: stop after this batch
-                    break
-                batch.append(write)
-            await self._flush(conn, [w for w in batch if not w.future.cancelled()])
-
-    async def _flush(self, conn: aiosqlite.Connection, batch: list[_Write]) -> None:
-        """Commit a batch. Its jobs violate no constraint, so one fails only with all."""
-        if not batch:
-            return
-        try:
-            # In WAL mode a NORMAL commit has written the WAL before it returns, so it
-            # survives a process kill, but it is fsynced only at checkpoints: a power loss
-            # or OS crash may undo it.  A confirmed message must survive that too, as
-            # RabbitMQ fsyncs before it confirms, so batches that confirm one are FULL
-            # (one fsync per batch).  Losing a lease, ack or requeue only delivers a
-            # message again, which at-least-once allows: those stay NORMAL.
-            full = any(w.durable for w in batch)
-            if full != self._full_sync:
-                await conn.execute_fetchall(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
-                self._full_sync = full
-            await conn.execute_fetchall("BEGIN IMMEDIATE")
-            try:
-                results = [await w.job(conn) for w in batch]
-                await conn.execute_fetchall("COMMIT")
-            except Exception:
-                if conn.in_transaction:
-                    await conn.execute_fetchall("ROLLBACK")
-                raise
-        except Exception as exc:
-            for w in batch:
-                _settle(w.future, error=exc)
-            return
-        for w, result in zip(batch, results, strict=True):
-            _settle(w.future, result=result)
+        A batch that confirms a message is ``durable`` (synchronous=FULL, one fsync per
+        batch), as RabbitMQ fsyncs before it confirms. Losing a lease, ack or requeue
+        to a power loss only delivers a message again, which at-least-once allows.
+        """
+        if self._writes is None:
+            raise _not_open()
+        return await self._writes.write(job, durable)
 
     # --- publishing -------------------------------------------------------------------
     async def _insert(
@@ -457,6 +398,10 @@ class SqliteTransport(Transport):
         if self._reader is None:
             raise PublishError("the SQLite queue is not open")
         return list(await self._reader.execute_fetchall(sql, params))
+
+
+def _not_open() -> PublishError:
+    return PublishError("the SQLite queue is not open")
 
 
 async def _release(conn: aiosqlite.Connection, held: list[SqliteDelivery]) -> None:
