@@ -40,6 +40,30 @@ async def connect(path: Path, foreign_keys: bool = False) -> aiosqlite.Connectio
     return conn
 
 
+async def open_connections(
+    path: Path,
+    migrate: Callable[[aiosqlite.Connection], Awaitable[None]],
+    foreign_keys: bool = False,
+) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+    """The writer (schema migrated) and a read-only reader of one file; reads never see
+    a batch before it commits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = await connect(path, foreign_keys)
+    try:
+        await migrate(writer)
+        reader = await connect(path, foreign_keys)
+    except BaseException:
+        await writer.close()
+        raise
+    try:
+        await reader.execute_fetchall("PRAGMA query_only = ON")
+    except BaseException:
+        await reader.close()
+        await writer.close()
+        raise
+    return writer, reader
+
+
 async def _enable_wal(conn: aiosqlite.Connection) -> None:
     """Switching a new file to WAL does not wait on busy_timeout: when two processes
     open it at once, the loser is told "locked" at once, so try again briefly."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from asyncgate.sqlite_writer import GroupCommitWriter, connect
+from asyncgate.sqlite_writer import GroupCommitWriter, open_connections
 from asyncgate.store.base import (
     BulkFilter,
     BulkView,
@@ -105,15 +105,7 @@ class SQLiteStore(Store):
         self._next_nonce_sweep = 0.0
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._writer = await self._connect()
-            await _migrate(self._writer)
-            self._reader = await self._connect()
-            await self._reader.execute_fetchall("PRAGMA query_only = ON")
-        except BaseException:
-            await self.close()
-            raise
+        self._writer, self._reader = await open_connections(self._path, _migrate, foreign_keys=True)
         self._writes = GroupCommitWriter(self._writer, _not_open)
 
     async def close(self) -> None:
@@ -128,9 +120,6 @@ class SQLiteStore(Store):
         if self._writes is None or not self._writes.running:
             raise _not_open()
         await self._rows("SELECT 1")
-
-    async def _connect(self) -> aiosqlite.Connection:
-        return await connect(self._path, foreign_keys=True)
 
     # --- the writer -------------------------------------------------------------------
     async def _write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:

@@ -36,7 +36,7 @@ from asyncgate import metrics
 from asyncgate.errors import PublishError
 from asyncgate.logs import get_logger
 from asyncgate.settings import Settings
-from asyncgate.sqlite_writer import GroupCommitWriter, connect
+from asyncgate.sqlite_writer import GroupCommitWriter, open_connections
 from asyncgate.transport.amqp import DELIVERY_LIMIT, QUEUE_HEADER
 from asyncgate.transport.base import Delivery, Handler, Outgoing, QueueDepth, Transport
 
@@ -137,15 +137,7 @@ class SqliteTransport(Transport):
     async def start(self) -> None:
         if self._writes is not None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._writer = await self._connect()
-            await _migrate(self._writer)
-            self._reader = await self._connect()
-            await self._reader.execute_fetchall("PRAGMA query_only = ON")
-        except BaseException:
-            await self._close_connections()
-            raise
+        self._writer, self._reader = await open_connections(self._path, _migrate)
         self._writes = GroupCommitWriter(self._writer, _not_open)
         self._gauges[0].set(1)
 
@@ -170,9 +162,6 @@ class SqliteTransport(Transport):
         for gauge in self._gauges:
             gauge.set(0)
         await self._close_connections()
-
-    async def _connect(self) -> aiosqlite.Connection:
-        return await connect(self._path)
 
     async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -30,6 +33,21 @@ AUTH = {"Authorization": "Bearer admin-token"}
 
 def customer(n: int) -> dict[str, Any]:
     return seed_customer(n)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m gateway|consumer --config CONFIG`` as a real process, output to ``log``."""
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", role, "--config", str(config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 @dataclass
@@ -81,6 +99,13 @@ class Stack:
             if depth.queue == wanted:
                 return depth.ready
         raise AssertionError(f"no queue {wanted}")
+
+    async def set_latency(self, low: float, high: float) -> None:
+        """Make every shop write take a random extra ``low``..``high`` seconds."""
+        async with self.http.post(
+            self.shop_url / "_shop/latency", json={"min": low, "max": high}
+        ) as r:
+            assert r.status == 200
 
     async def post(self, path: str, body: Any, method: str = "POST", **kw: Any) -> tuple[int, Any]:
         headers = kw.pop("headers", AUTH)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.keys import ADMIN_URL
-from tests.e2e.conftest import Stack, customer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import Stack, customer, spawn
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -174,10 +170,7 @@ async def test_broker_restart_gives_503_then_recovers_and_delivers_everything(
 
 async def test_consumer_survives_broker_restart_mid_drain(make_stack: Any) -> None:
     stack: Stack = await make_stack()
-    async with stack.http.post(
-        stack.shop_url / "_shop/latency", json={"min": 0.01, "max": 0.03}
-    ) as r:
-        assert r.status == 200
+    await stack.set_latency(0.01, 0.03)
     code, _ = await stack.post(
         "/rest/all/async/bulk/V1/customers", [customer(i) for i in range(200)]
     )
@@ -197,25 +190,11 @@ async def _ready(admin_url: str) -> bool:
     return (await fetch(admin_url + "/readyz"))[0] == 200
 
 
-def _spawn(module: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
 async def test_sigterm_during_a_burst_loses_nothing_and_exits_zero(
     make_stack: Any, write_config: Any, tmp_path: Path
 ) -> None:
     stack: Stack = await make_stack(with_consumer=False)
-    async with stack.http.post(
-        stack.shop_url / "_shop/latency", json={"min": 0.02, "max": 0.05}
-    ) as r:
-        assert r.status == 200
+    await stack.set_latency(0.02, 0.05)
     config = write_config(
         stack.shop_url,
         broker={"exchange": stack.settings.broker.exchange},
@@ -227,7 +206,7 @@ async def test_sigterm_during_a_burst_loses_nothing_and_exits_zero(
     )
     assert code == 202
     log = tmp_path / "consumer.log"
-    proc = _spawn("consumer", config, log)
+    proc = spawn("consumer", config, log)
     try:
         await stack.wait_for(lambda: len(stack.shop.customers) >= 30, within=30)
         proc.send_signal(signal.SIGTERM)
@@ -237,7 +216,7 @@ async def test_sigterm_during_a_burst_loses_nothing_and_exits_zero(
             proc.kill()
     applied_at_stop = len(stack.shop.customers)
     assert applied_at_stop < 300, "the burst finished before SIGTERM; nothing was tested"
-    proc = _spawn("consumer", config, tmp_path / "consumer2.log")
+    proc = spawn("consumer", config, tmp_path / "consumer2.log")
     try:
         await stack.wait_for(lambda: len(stack.shop.customers) == 300, within=60)
     finally:
@@ -265,7 +244,7 @@ async def test_gateway_logs_are_json_with_bound_ids(
         gateway={"listen": f"127.0.0.1:{port}"},
     )
     log = tmp_path / "gateway.log"
-    proc = _spawn("gateway", config, log)
+    proc = spawn("gateway", config, log)
     try:
 
         async def up() -> bool:
@@ -300,10 +279,7 @@ async def test_consumer_killed_with_sigkill_mid_drain_loses_nothing(
 ) -> None:
     """At-least-once, proven by killing: every 202'd operation is applied, duplicates bounded."""
     stack: Stack = await make_stack(with_consumer=False)
-    async with stack.http.post(
-        stack.shop_url / "_shop/latency", json={"min": 0.01, "max": 0.04}
-    ) as r:
-        assert r.status == 200
+    await stack.set_latency(0.01, 0.04)
     concurrency, kills, total = 16, 3, 300
     config = write_config(
         stack.shop_url,
@@ -316,7 +292,7 @@ async def test_consumer_killed_with_sigkill_mid_drain_loses_nothing(
     )
     assert code == 202 and not body["errors"]
     for k in range(kills):
-        proc = _spawn("consumer", config, tmp_path / f"consumer{k}.log")
+        proc = spawn("consumer", config, tmp_path / f"consumer{k}.log")
         try:
             target = (k + 1) * total // (kills + 2)
             await stack.wait_for(lambda t=target: len(stack.shop.customers) >= t, within=60)
@@ -324,7 +300,7 @@ async def test_consumer_killed_with_sigkill_mid_drain_loses_nothing(
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait, 30)
     assert len(stack.shop.customers) < total, "the drain finished before the last kill"
-    proc = _spawn("consumer", config, tmp_path / "consumer-final.log")
+    proc = spawn("consumer", config, tmp_path / "consumer-final.log")
     try:
         await stack.wait_for(lambda: len(stack.shop.customers) == total, within=90)
         status = await stack.bulk_done(body["bulk_uuid"])

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from asyncgate import oauth1
 from asyncgate.settings import IntegrationSettings, Secret
 from demo.payloads import seed_customer
 from tests.conftest import StartServer
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, spawn
 
 INTEGRATION = {
     "name": "erp",
@@ -34,7 +31,6 @@ INTEGRATION = {
     "access_token_secret": "ats-very-secret-2",
 }
 SECRETS = (INTEGRATION["consumer_secret"], INTEGRATION["access_token_secret"])
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def signed(method: str, url: URL, signature_method: str = "HMAC-SHA256") -> dict[str, str]:
@@ -238,11 +234,9 @@ async def test_no_secret_reaches_any_log_line(
             }
         ],
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     logs = [tmp_path / "gateway.log", tmp_path / "consumer.log"]
     procs = [
-        spawn(role, config, log, env)
-        for role, log in zip(("gateway", "consumer"), logs, strict=True)
+        spawn(role, config, log) for role, log in zip(("gateway", "consumer"), logs, strict=True)
     ]
     try:
         gateway = URL(f"http://127.0.0.1:{port}")
@@ -269,17 +263,6 @@ async def test_no_secret_reaches_any_log_line(
     oauth_signature = headers["Authorization"].split('oauth_signature="')[1].split('"')[0]
     for secret in (*SECRETS, "top-secret-bearer", "cookie-secret", oauth_signature):
         assert secret not in text, secret
-
-
-def spawn(role: str, config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", role, "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def free_port() -> int:
