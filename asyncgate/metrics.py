@@ -72,6 +72,30 @@ CONSUMER_LAST_SUCCESS = Gauge(
     "UNIX time of the last successful replay.",
 )
 
+# --- consumer: per-key ordering (consumer/turns.py) ------------------------------------------
+ORDERING_TURN_WAIT_SECONDS = Histogram(
+    "asyncgate_ordering_turn_wait_seconds",
+    "Time an ordered operation waited in the consumer for its turn (granted or deferred).",
+    ["route"],
+    buckets=_LATENCY,
+)
+ORDERING_DEFERRED = Counter(
+    "asyncgate_ordering_deferred_total",
+    "Ordered operations sent back through a delay queue to wait for an earlier one.",
+    ["route"],
+)
+ORDERING_WAITING = Gauge(
+    "asyncgate_ordering_waiting_operations",
+    "Accepted operations waiting behind an earlier unsettled one with their key (the store).",
+)
+ORDERING_KEYS_WAITING = Gauge(
+    "asyncgate_ordering_keys_waiting", "Ordering keys with at least one operation waiting."
+)
+ORDERING_OLDEST_WAITING_SECONDS = Gauge(
+    "asyncgate_ordering_oldest_waiting_age_seconds",
+    "Age (since acceptance) of the oldest operation waiting for its turn; 0 when none.",
+)
+
 # --- broker, both roles ----------------------------------------------------------------
 BROKER_CONNECTED = Gauge(
     "asyncgate_broker_connected", "1 while the broker link is up.", ["role", "link"]

@@ -24,6 +24,7 @@ import yaml
 
 from asyncgate.crypto import CredentialCipher
 from asyncgate.errors import ConfigError
+from asyncgate.ordering import is_ordering_rule
 from asyncgate.routes import RouteSpec
 
 _SECRETISH = re.compile(r"secret|password|token", re.I)
@@ -188,6 +189,10 @@ class RouteSettings:
     # they came) or "guest" (no credentials needed). Default: oauth1 when integrations
     # are configured, else forward.
     auth: str | None = None
+    # Which operations are applied one at a time, in acceptance order (asyncgate/ordering.py):
+    # "auto" (PUT/PATCH/DELETE by resource path), "path", "none", or "body.<field>"
+    # (e.g. "body.customer.email" for a POST that creates by email).
+    ordering: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -472,6 +477,10 @@ def _check(obj: Any) -> list[tuple[str, str, Any]]:
             problems.append(("queue", "must be lower-case letters, digits, '-' or '_'", obj.queue))
         if obj.auth not in (None, "oauth1", "forward", "guest"):
             problems.append(("auth", "must be 'oauth1', 'forward' or 'guest'", obj.auth))
+        if not is_ordering_rule(obj.ordering):
+            problems.append(
+                ("ordering", "must be 'auto', 'path', 'none' or 'body.<field>'", obj.ordering)
+            )
     return problems
 
 

@@ -3,6 +3,10 @@
 Dead letters keep their whole envelope, so a requeue goes back through the normal
 path: the operation is reopened (status 4) first, then republished with a fresh
 retry budget, and only then is the dead letter acked.
+
+An ordered operation that a later update of the same resource has overtaken (it
+completed while this one was failing) is not requeued unless forced: replaying it
+would put the older write over the newer one.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from typing import TextIO
 
 from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.jsonutil import dumps
+from asyncgate.logs import get_logger
 from asyncgate.store.base import OperationStatus, Store
 from asyncgate.transport import Delivery, Outgoing, Transport
+
+log = get_logger("asyncgate.operator")
 
 
 def _describe(delivery: Delivery, env: Envelope | None) -> dict[str, object]:
@@ -52,6 +59,7 @@ async def dead_letters(
     # after parking it and before recording, then a redelivery succeeded).
     statuses: frozenset[OperationStatus] = frozenset(OperationStatus) - {OperationStatus.COMPLETE},
     out: TextIO = sys.stdout,
+    force: bool = False,
 ) -> int:
     """Apply ``action`` (list, requeue, purge) to dead letters; return how many it touched.
 
@@ -73,6 +81,14 @@ async def dead_letters(
             elif action == "requeue" and env is not None:
                 state = await store.operation_state(env.bulk_uuid, env.index)
                 if state is None or state.status not in statuses:
+                    continue
+                if not force and await store.superseded(env.bulk_uuid, env.index):
+                    log.warning(
+                        "requeue_skipped_superseded",
+                        bulk_uuid=env.bulk_uuid,
+                        index=env.index,
+                        hint="a later update of the same resource is applied; --force replays it",
+                    )
                     continue
                 await store.reopen(env.bulk_uuid, env.index)
                 await transport.publish(

@@ -17,7 +17,12 @@ from asyncgate.settings import Settings
 from asyncgate.store import create_store
 from asyncgate.transport import create_transport
 from consumer.replay import upstream_session
-from consumer.worker import Worker, purge_periodically, refresh_depth
+from consumer.worker import (
+    Worker,
+    purge_periodically,
+    refresh_depth,
+    refresh_ordering_backlog,
+)
 
 
 @dataclass
@@ -56,6 +61,12 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
         tasks.append(
             asyncio.create_task(
                 refresh_depth(transport, settings.consumer.depth_interval), name="queue-depth"
+            )
+        )
+        tasks.append(
+            asyncio.create_task(
+                refresh_ordering_backlog(store, settings.consumer.depth_interval),
+                name="ordering-backlog",
             )
         )
         admin, admin_url = await start_admin(settings.consumer.admin_listen, ready)

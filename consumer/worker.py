@@ -11,6 +11,10 @@ again.  A redelivered message whose attempt the store already recorded is acked
 without replaying (its follow-up was published before the record), and so is an
 operation already complete.  The one duplicate left is a crash after the upstream
 answered and before the record: that attempt is replayed once more.
+
+An operation with an ordering key is replayed only in its turn (``consumer/turns.py``):
+once every earlier operation with its key is settled.  Until then it waits briefly,
+then goes back through a delay queue (publish, then ack, as a retry does).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.logs import get_logger
 from asyncgate.ratelimit import RateLimiter
 from asyncgate.settings import RouteSettings, Settings
-from asyncgate.store.base import OperationOutcome, OperationStatus, Store
+from asyncgate.store.base import OperationOutcome, OperationStatus, Store, Turn, TurnState
 from asyncgate.transport import Delivery, Outgoing, Transport
 from consumer.replay import Attempt, UnsupportedAuth, replay
 from consumer.retry import Decision, RetryPolicy, Verdict, judge
+from consumer.turns import Turns, lease_seconds, pause, refresh_backlog
 
 log = get_logger("asyncgate.consumer")
 
@@ -66,6 +71,7 @@ class Worker:
         self._integrations = {i.name: i for i in settings.integrations}
         keys = settings.security.cipher_keys()
         self._cipher = CredentialCipher(keys) if keys else None
+        self._turns = Turns(store, lease_seconds(settings))
         self._inflight: set[asyncio.Task[object]] = set()
         # Settle steps run as their own tasks so that cancelling a handler never cuts
         # them in half; shutdown waits for them before the connection closes.
@@ -128,15 +134,17 @@ class Worker:
             await self._wait_for_acceptance(delivery, env, state.bulk_start_time)
             return
         if state.status == OperationStatus.COMPLETE or state.attempts >= env.attempt:
-            log.info(
-                "duplicate_skipped",
-                operation_id=env.operation_id,
-                bulk_uuid=env.bulk_uuid,
-                attempt=env.attempt,
-                status=int(state.status),
-            )
-            await delivery.ack()
+            await self._skip_duplicate(delivery, env, state.status)
             return
+        key = state.ordering_key
+        if key is not None:
+            turn = await self._turns.take(env, key)
+            if turn.state is TurnState.SETTLED:
+                await self._skip_duplicate(delivery, env, state.status)
+                return
+            if turn.state is TurnState.WAIT:
+                await self._defer(delivery, env, turn)
+                return
         route = self._policies.get(env.route)
         async with self._slots:
             await self._limiter.acquire()
@@ -148,7 +156,8 @@ class Worker:
         # Once the upstream has answered, the outcome must be recorded even if we are
         # being cancelled: settle in a task of its own.
         settle = asyncio.create_task(
-            self._settle(delivery, env, route, attempt, duration), name=f"settle-{env.operation_id}"
+            self._settle(delivery, env, route, attempt, duration, key),
+            name=f"settle-{env.operation_id}",
         )
         self._settling[delivery] = settle
         settle.add_done_callback(lambda _: self._settling.pop(delivery, None))
@@ -169,15 +178,18 @@ class Worker:
         route: RouteSettings | None,
         attempt: Attempt,
         duration: float,
+        key: str | None,
     ) -> None:
         policy = RetryPolicy.for_route(self._settings.retry, route)
         decision = judge(attempt, env.attempts_in_budget, policy)
+        retry_at: datetime | None = None  # while set, later operations with the key wait
         if decision.verdict is Verdict.RETRY:
             used = await self._transport.publish_delayed(
                 Outgoing(env.queue, env.next_attempt().to_bytes(), env.operation_id),
                 decision.delay,
             )
             decision = Decision(decision.verdict, used, decision.message)
+            retry_at = datetime.now(UTC) + timedelta(seconds=used)
         elif decision.verdict in (Verdict.EXHAUSTED, Verdict.PERMANENT):
             await self._transport.dead_letter(
                 Outgoing(env.queue, env.to_bytes(), env.operation_id, _reasons(decision, attempt))
@@ -194,8 +206,11 @@ class Worker:
                 if decision.verdict is Verdict.SUCCESS
                 else None,
                 error_code=attempt.status if decision.verdict is not Verdict.SUCCESS else None,
+                retry_at=retry_at,
             ),
         )
+        if key is not None:
+            self._turns.settled(key)
         await delivery.ack()
         metrics.CONSUMER_OPERATIONS.labels(env.route, decision.verdict.value).inc()
         metrics.CONSUMER_ATTEMPTS.labels(env.route).observe(env.attempt)
@@ -213,6 +228,33 @@ class Worker:
             retry_in=round(decision.delay, 3) if decision.verdict is Verdict.RETRY else None,
             duration=round(duration, 4),
             error=attempt.error,
+        )
+
+    async def _skip_duplicate(
+        self, delivery: Delivery, env: Envelope, status: OperationStatus
+    ) -> None:
+        log.info(
+            "duplicate_skipped",
+            operation_id=env.operation_id,
+            bulk_uuid=env.bulk_uuid,
+            attempt=env.attempt,
+            status=int(status),
+        )
+        await delivery.ack()
+
+    async def _defer(self, delivery: Delivery, env: Envelope, turn: Turn) -> None:
+        """Not its turn yet: back through a delay queue, so no delivery is held for long."""
+        used = await self._transport.publish_delayed(
+            Outgoing(env.queue, delivery.body, env.operation_id), pause(turn)
+        )
+        await delivery.ack()
+        metrics.ORDERING_DEFERRED.labels(env.route).inc()
+        log.info(
+            "operation_deferred",
+            operation_id=env.operation_id,
+            bulk_uuid=env.bulk_uuid,
+            ahead=turn.ahead,
+            retry_in=round(used, 3),
         )
 
     async def _wait_for_acceptance(
@@ -279,6 +321,11 @@ async def refresh_depth(transport: Transport, every: float) -> None:
             metrics.QUEUE_CONSUMERS.labels(depth.queue, depth.kind).set(depth.consumers)
 
     await _every(every, step, "queue-depth")
+
+
+async def refresh_ordering_backlog(store: Store, every: float) -> None:
+    """Export how many operations wait behind an earlier one with their ordering key."""
+    await _every(every, lambda: refresh_backlog(store), "ordering-backlog")
 
 
 async def purge_periodically(store: Store, lifetime_days: float, every: float = 3600.0) -> None:

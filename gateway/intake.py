@@ -21,6 +21,7 @@ from asyncgate.crypto import seal_headers
 from asyncgate.envelope import Envelope, operation_id
 from asyncgate.jsonutil import dumps
 from asyncgate.logs import get_logger
+from asyncgate.ordering import digest, ordering_key
 from asyncgate.routes import WRITE_METHODS, RestPath, RouteSpec, find_route
 from asyncgate.settings import Settings
 from asyncgate.store.base import NewBulk, NewOperation, OperationStatus, Store
@@ -108,13 +109,14 @@ async def handle(
         request.app[CIPHER],
     )
     topic = f"async{rest.v1_path.replace('/', '.')}.{method}"
+    ordering = policy.ordering if policy is not None else "auto"
     bulk = NewBulk(
         bulk_uuid=bulk_uuid,
         description=f"{route_name}: {method} {rest.v1_path}",
         owner=caller.owner,
         user_type=caller.user_type,
         start_time=datetime.fromtimestamp(now, UTC),
-        operations=tuple(_new_operation(item, topic) for item in items),
+        operations=tuple(_new_operation(item, topic, method, ordering) for item in items),
     )
     try:
         messages = [
@@ -201,10 +203,17 @@ async def _publish_and_accept(
     return None
 
 
-def _new_operation(item: Item, topic: str) -> NewOperation:
-    if item.error is None:
-        return NewOperation(item.index, topic, OperationStatus.OPEN, item.body)
-    return NewOperation(item.index, topic, OperationStatus.REJECTED, item.body, item.error, 400)
+def _new_operation(item: Item, topic: str, method: str, ordering: str) -> NewOperation:
+    if item.error is not None:
+        return NewOperation(item.index, topic, OperationStatus.REJECTED, item.body, item.error, 400)
+    key = ordering_key(ordering, method, item.v1_path, item.body)
+    return NewOperation(
+        item.index,
+        topic,
+        OperationStatus.OPEN,
+        item.body,
+        ordering_key=None if key is None else digest(key),
+    )
 
 
 def _request_item(item: Item) -> dict[str, object]:

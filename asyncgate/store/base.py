@@ -1,6 +1,6 @@
 """The store of bulks and operations: what the status endpoints answer from.
 
-Lifecycle of a bulk (see docs/architecture.md):
+Lifecycle of a bulk (README "Delivery guarantees"):
 
 1. The gateway calls ``record_bulk`` *before* publishing: the bulk is *pending*
    and its operations have status 4 (open) or 5 (rejected at intake).
@@ -9,6 +9,8 @@ Lifecycle of a bulk (see docs/architecture.md):
    no orphan stays open and a non-202 answer leaves nothing behind.
 3. The consumer reads ``operation_state`` before each replay (a withdrawn or
    completed operation is not replayed) and writes ``record_outcome`` after it.
+   An operation with an ordering key first takes its turn (``claim_turn``): every
+   earlier operation with its key must be settled, and no copy of it in flight.
 
 Magento's operation statuses are used as they are: 1 complete, 2 retriably
 failed, 3 not retriably failed, 4 open, 5 rejected.
@@ -45,6 +47,9 @@ class NewOperation:
     serialized_data: str  # the item as it will be replayed (JSON text)
     result_message: str | None = None  # why a rejected item was rejected
     error_code: int | None = None
+    # Digest of the ordering key (asyncgate/ordering.py); None when unordered.  The store
+    # numbers the key's operations in the order their bulks are recorded.
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class OperationOutcome:
     result_message: str  # e.g. "201 Created", or the backend's message
     result_serialized_data: str | None = None  # upstream response body (JSON as returned)
     error_code: int | None = None
+    # When the scheduled retry comes back (RETRIABLY_FAILED with a retry); None otherwise.
+    # While set, the operation still holds back later operations with its ordering key.
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,29 @@ class OperationState:
     attempts: int
     bulk_accepted: bool  # False while the gateway has not yet had every confirm
     bulk_start_time: datetime
+    ordering_key: str | None = None
+
+
+class TurnState(enum.Enum):
+    GRANTED = "granted"  # replay it now; the claim lasts until its outcome is recorded
+    WAIT = "wait"  # an earlier operation with its key is unsettled, or a copy is in flight
+    SETTLED = "settled"  # already complete, or this attempt is recorded: do not replay
+
+
+@dataclass(frozen=True)
+class Turn:
+    state: TurnState
+    ahead: int = 0  # earlier operations with the key that are not settled yet
+    next_retry: datetime | None = None  # the earliest retry scheduled among them
+
+
+@dataclass(frozen=True)
+class OrderingBacklog:
+    """Operations waiting behind an earlier one with their key (the metrics' view)."""
+
+    waiting: int
+    keys: int  # distinct keys with at least one waiting operation
+    oldest_start: datetime | None  # acceptance time of the oldest waiting operation
 
 
 @dataclass(frozen=True)
@@ -148,7 +179,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
-        """Write one attempt's outcome; keeps attempts, last upstream status and timestamps."""
+        """Write one attempt's outcome; keeps attempts, last upstream status and timestamps.
+
+        Also ends the operation's claim (``claim_turn``)."""
+
+    @abc.abstractmethod
+    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
+        """Atomically: is it this ordered operation's turn?  If so, claim it until ``until``.
+
+        Its turn comes when every earlier operation with its key is settled (complete,
+        failed for good or rejected: not open and not waiting for a retry) and no
+        unexpired claim of it is held.  ``attempt`` is the delivery's: an operation
+        already complete, or with that attempt recorded, is SETTLED (a duplicate)."""
+
+    @abc.abstractmethod
+    async def ordering_backlog(self) -> OrderingBacklog: ...
 
     # --- operator ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -158,6 +203,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def reopen(self, bulk_uuid: str, index: int) -> None:
         """Set one operation back to 4 (a dead letter being requeued)."""
+
+    @abc.abstractmethod
+    async def superseded(self, bulk_uuid: str, index: int) -> bool:
+        """True when a later operation with its ordering key is complete (no requeue then)."""
 
     @abc.abstractmethod
     async def purge(self, older_than: datetime) -> int:

@@ -22,10 +22,22 @@ from asyncgate.store.base import (
     OperationState,
     OperationStatus,
     OperationView,
+    OrderingBacklog,
     Store,
+    Turn,
+    TurnState,
     UserType,
 )
-from asyncgate.store.queries import BULK_COLUMNS, OPERATION_COLUMNS, Dialect, search_query
+from asyncgate.store.queries import (
+    AHEAD_SQL,
+    BACKLOG_SQL,
+    BULK_COLUMNS,
+    OPERATION_COLUMNS,
+    ORDERING_MIGRATION,
+    SUPERSEDED_SQL,
+    Dialect,
+    search_query,
+)
 
 # Held while migrating, so that two processes starting at once migrate one after the other.
 _MIGRATION_LOCK = 0x6173796E63676174  # "asyncgat"
@@ -69,6 +81,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (consumer_key, nonce)
         )""",
         "CREATE INDEX nonces_expires_at ON nonces (expires_at)",
+    ),
+    (
+        "CREATE SEQUENCE operations_ordering_seq",
+        *(
+            sql.format(text="text", bigint="bigint", timestamp="timestamptz")
+            for sql in ORDERING_MIGRATION
+        ),
     ),
 )
 
@@ -149,7 +168,13 @@ class PostgresStore(Store):
     # --- gateway: intake ----------------------------------------------------------------
     async def record_bulk(self, bulk: NewBulk) -> None:
         now = datetime.now(UTC)
+        keys = sorted({op.ordering_key for op in bulk.operations if op.ordering_key})
         async with self._p.acquire() as conn, conn.transaction():
+            # Numbers come from one sequence; the per-key lock, held to the commit, makes
+            # a key's numbers commit in order, so a consumer never sees a later operation
+            # of the key before an earlier one.  Sorted: two bulks never wait on each other.
+            for key in keys:
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
             await conn.execute(
                 "INSERT INTO bulks (bulk_uuid, description, owner, user_type, start_time)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -161,8 +186,9 @@ class PostgresStore(Store):
             )
             await conn.executemany(
                 "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data,"
-                " result_message, error_code, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                " result_message, error_code, ordering_key, ordering_seq, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $9::text, CASE WHEN $9::text IS NULL"
+                " THEN NULL ELSE nextval('operations_ordering_seq') END, $8, $8)",
                 [
                     (
                         bulk.bulk_uuid,
@@ -173,6 +199,7 @@ class PostgresStore(Store):
                         op.result_message,
                         op.error_code,
                         now,
+                        op.ordering_key,
                     )
                     for op in bulk.operations
                 ],
@@ -194,21 +221,23 @@ class PostgresStore(Store):
     # --- consumer: replay ---------------------------------------------------------------
     async def operation_state(self, bulk_uuid: str, index: int) -> OperationState | None:
         row = await self._p.fetchrow(
-            "SELECT o.status, o.attempts, b.accepted, b.start_time FROM operations o"
-            " JOIN bulks b ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = $1 AND o.idx = $2",
+            "SELECT o.status, o.attempts, b.accepted, b.start_time, o.ordering_key"
+            " FROM operations o JOIN bulks b ON b.bulk_uuid = o.bulk_uuid"
+            " WHERE o.bulk_uuid = $1 AND o.idx = $2",
             bulk_uuid,
             index,
         )
         if row is None:
             return None
-        return OperationState(OperationStatus(row[0]), row[1], row[2], row[3])
+        return OperationState(OperationStatus(row[0]), row[1], row[2], row[3], row[4])
 
     async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
         # An operation that is gone (withdrawn, purged) is not recreated.
         await self._p.execute(
             "UPDATE operations SET status = $3, attempts = $4, http_status = $5,"
             " result_message = $6, result_serialized_data = $7, error_code = $8,"
-            " updated_at = $9 WHERE bulk_uuid = $1 AND idx = $2",
+            " updated_at = $9, retry_at = $10, claimed_until = NULL"
+            " WHERE bulk_uuid = $1 AND idx = $2",
             bulk_uuid,
             index,
             int(outcome.status),
@@ -218,7 +247,37 @@ class PostgresStore(Store):
             outcome.result_serialized_data,
             outcome.error_code,
             datetime.now(UTC),
+            None if outcome.retry_at is None else _utc(outcome.retry_at),
         )
+
+    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
+        async with self._p.acquire() as conn, conn.transaction():
+            # The row lock makes two copies of one operation claim one after the other.
+            row = await conn.fetchrow(
+                "SELECT status, attempts, claimed_until > $3 FROM operations"
+                " WHERE bulk_uuid = $1 AND idx = $2 FOR UPDATE",
+                bulk_uuid,
+                index,
+                datetime.now(UTC),  # the consumers' clocks, as ``until`` is
+            )
+            if row is None or row[0] == OperationStatus.COMPLETE or row[1] >= attempt:
+                return Turn(TurnState.SETTLED)
+            ahead, next_retry = await conn.fetchrow(_numbered(AHEAD_SQL), bulk_uuid, index)
+            if ahead:
+                return Turn(TurnState.WAIT, ahead, next_retry)
+            if row[2]:
+                return Turn(TurnState.WAIT)
+            await conn.execute(
+                "UPDATE operations SET claimed_until = $3 WHERE bulk_uuid = $1 AND idx = $2",
+                bulk_uuid,
+                index,
+                _utc(until),
+            )
+        return Turn(TurnState.GRANTED)
+
+    async def ordering_backlog(self) -> OrderingBacklog:
+        waiting, keys, oldest = await self._p.fetchrow(BACKLOG_SQL)
+        return OrderingBacklog(waiting, keys, oldest)
 
     # --- operator -----------------------------------------------------------------------
     async def reopen_failed(self, bulk_uuid: str) -> list[int]:
@@ -232,6 +291,9 @@ class PostgresStore(Store):
         await self._p.execute(
             "UPDATE operations SET status = 4 WHERE bulk_uuid = $1 AND idx = $2", bulk_uuid, index
         )
+
+    async def superseded(self, bulk_uuid: str, index: int) -> bool:
+        return bool(await self._p.fetchval(_numbered(SUPERSEDED_SQL), bulk_uuid, index))
 
     async def purge(self, older_than: datetime) -> int:
         status = await self._p.execute("DELETE FROM bulks WHERE start_time < $1", _utc(older_than))

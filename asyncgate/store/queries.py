@@ -25,6 +25,49 @@ OPERATION_COLUMNS = (
     " o.result_serialized_data, o.error_code, o.attempts, o.http_status, o.updated_at"
 )
 
+
+# An operation that still holds back later operations with its ordering key: open (queued,
+# in flight, or in a bulk not yet accepted) or waiting for a scheduled retry.  The index's
+# predicate is the same text, so that both databases use the index for these queries.
+def _unsettled(alias: str) -> str:
+    return f"({alias}status = 4 OR ({alias}status = 2 AND {alias}retry_at IS NOT NULL))"
+
+
+# Migration step shared by both databases (types filled in): the ordering columns.
+ORDERING_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE operations ADD COLUMN ordering_key {text}",
+    "ALTER TABLE operations ADD COLUMN ordering_seq {bigint}",
+    "ALTER TABLE operations ADD COLUMN retry_at {timestamp}",
+    "ALTER TABLE operations ADD COLUMN claimed_until {timestamp}",
+    "CREATE INDEX operations_unsettled_by_key ON operations (ordering_key, ordering_seq)"
+    f" WHERE ordering_key IS NOT NULL AND {_unsettled('')}",
+)
+
+# Earlier unsettled operations with the key of the operation (?, ?) = (bulk_uuid, idx):
+# how many, and the earliest retry scheduled among them.
+AHEAD_SQL = (
+    "SELECT COUNT(*), MIN(p.retry_at) FROM operations o JOIN operations p"
+    " ON p.ordering_key = o.ordering_key AND p.ordering_seq < o.ordering_seq"
+    f" WHERE o.bulk_uuid = ? AND o.idx = ? AND p.ordering_key IS NOT NULL AND {_unsettled('p.')}"
+)
+
+# Later operations with the key of the operation (?, ?) that are complete: replaying it
+# again would put an older write over a newer one.
+SUPERSEDED_SQL = (
+    "SELECT COUNT(*) FROM operations o JOIN operations p ON p.ordering_key = o.ordering_key"
+    " AND p.ordering_seq > o.ordering_seq WHERE o.bulk_uuid = ? AND o.idx = ? AND p.status = 1"
+)
+
+# Unsettled ordered operations of accepted bulks that wait behind an earlier one.
+BACKLOG_SQL = (
+    "SELECT COUNT(*), COUNT(DISTINCT o.ordering_key), MIN(b.start_time)"
+    " FROM operations o JOIN bulks b ON b.bulk_uuid = o.bulk_uuid"
+    f" WHERE o.ordering_key IS NOT NULL AND {_unsettled('o.')} AND b.accepted"
+    " AND EXISTS (SELECT 1 FROM operations p WHERE p.ordering_key = o.ordering_key"
+    f" AND p.ordering_seq < o.ordering_seq AND p.ordering_key IS NOT NULL AND {_unsettled('p.')})"
+)
+
+
 _COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gteq": ">=", "lt": "<", "lteq": "<="}
 _LISTS = {"in": "IN", "nin": "NOT IN"}
 _CONDITIONS = ", ".join([*_COMPARISONS, *_LISTS, "like"])

@@ -28,10 +28,22 @@ from asyncgate.store.base import (
     OperationState,
     OperationStatus,
     OperationView,
+    OrderingBacklog,
     Store,
+    Turn,
+    TurnState,
     UserType,
 )
-from asyncgate.store.queries import BULK_COLUMNS, OPERATION_COLUMNS, Dialect, search_query
+from asyncgate.store.queries import (
+    AHEAD_SQL,
+    BACKLOG_SQL,
+    BULK_COLUMNS,
+    OPERATION_COLUMNS,
+    ORDERING_MIGRATION,
+    SUPERSEDED_SQL,
+    Dialect,
+    search_query,
+)
 
 T = TypeVar("T")
 
@@ -74,6 +86,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (consumer_key, nonce)
         )""",
         "CREATE INDEX nonces_expires_at ON nonces (expires_at)",
+    ),
+    tuple(
+        sql.format(text="TEXT", bigint="INTEGER", timestamp="TEXT") for sql in ORDERING_MIGRATION
     ),
 )
 
@@ -143,14 +158,17 @@ class SQLiteStore(Store):
     # --- consumer: replay ---------------------------------------------------------------
     async def operation_state(self, bulk_uuid: str, index: int) -> OperationState | None:
         rows = await self._rows(
-            "SELECT o.status, o.attempts, b.accepted, b.start_time FROM operations o"
-            " JOIN bulks b ON b.bulk_uuid = o.bulk_uuid WHERE o.bulk_uuid = ? AND o.idx = ?",
+            "SELECT o.status, o.attempts, b.accepted, b.start_time, o.ordering_key"
+            " FROM operations o JOIN bulks b ON b.bulk_uuid = o.bulk_uuid"
+            " WHERE o.bulk_uuid = ? AND o.idx = ?",
             (bulk_uuid, index),
         )
         if not rows:
             return None
-        status, attempts, accepted, start_time = rows[0]
-        return OperationState(OperationStatus(status), attempts, bool(accepted), _dt(start_time))
+        status, attempts, accepted, start_time, key = rows[0]
+        return OperationState(
+            OperationStatus(status), attempts, bool(accepted), _dt(start_time), key
+        )
 
     async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
         # An operation that is gone (withdrawn, purged) is not recreated.
@@ -158,10 +176,25 @@ class SQLiteStore(Store):
             "UPDATE operations SET status = :status, attempts = :attempts,"
             " http_status = :http_status, result_message = :result_message,"
             " result_serialized_data = :result_serialized_data, error_code = :error_code,"
-            " updated_at = :now WHERE bulk_uuid = :bulk_uuid AND idx = :index"
+            " retry_at = :retry_at, claimed_until = NULL, updated_at = :now"
+            " WHERE bulk_uuid = :bulk_uuid AND idx = :index"
         )
         params = dict(vars(outcome), now=_now(), bulk_uuid=bulk_uuid, index=index)
+        params["retry_at"] = None if outcome.retry_at is None else _ts(outcome.retry_at)
         await self._write(lambda conn: _changed(conn, sql, params))
+
+    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
+        # Earlier operations only ever become settled, so a read that finds some unsettled
+        # answers WAIT without taking the writer.  Otherwise one write job checks and
+        # claims: the writer runs jobs one at a time, across processes (BEGIN IMMEDIATE).
+        (ahead, next_retry), *_ = await self._rows(AHEAD_SQL, (bulk_uuid, index))
+        if ahead:
+            return Turn(TurnState.WAIT, ahead, None if next_retry is None else _dt(next_retry))
+        return await self._write(lambda conn: _claim(conn, bulk_uuid, index, attempt, _ts(until)))
+
+    async def ordering_backlog(self) -> OrderingBacklog:
+        waiting, keys, oldest = (await self._rows(BACKLOG_SQL))[0]
+        return OrderingBacklog(waiting, keys, None if oldest is None else _dt(oldest))
 
     # --- operator -----------------------------------------------------------------------
     async def reopen_failed(self, bulk_uuid: str) -> list[int]:
@@ -172,6 +205,9 @@ class SQLiteStore(Store):
     async def reopen(self, bulk_uuid: str, index: int) -> None:
         sql = "UPDATE operations SET status = 4 WHERE bulk_uuid = ? AND idx = ?"
         await self._write(lambda conn: _changed(conn, sql, (bulk_uuid, index)))
+
+    async def superseded(self, bulk_uuid: str, index: int) -> bool:
+        return bool((await self._rows(SUPERSEDED_SQL, (bulk_uuid, index)))[0][0])
 
     async def purge(self, older_than: datetime) -> int:
         sql = "DELETE FROM bulks WHERE start_time < ?"
@@ -285,12 +321,42 @@ async def _insert_bulk(conn: aiosqlite.Connection, bulk: NewBulk, now: str) -> N
         " VALUES (?, ?, ?, ?, ?)",
         (bulk.bulk_uuid, bulk.description, bulk.owner, int(bulk.user_type), _ts(bulk.start_time)),
     )
+    # ordering_seq: the key's operations numbered in the order they are recorded (the
+    # writer records one bulk at a time, across processes).
     await conn.executemany(
         "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data, result_message,"
-        " error_code, created_at, updated_at) VALUES (:bulk_uuid, :index, :topic, :status,"
-        " :serialized_data, :result_message, :error_code, :now, :now)",
+        " error_code, ordering_key, ordering_seq, created_at, updated_at) VALUES (:bulk_uuid,"
+        " :index, :topic, :status, :serialized_data, :result_message, :error_code,"
+        " :ordering_key, CASE WHEN :ordering_key IS NULL THEN NULL ELSE (SELECT"
+        " COALESCE(MAX(ordering_seq), 0) + 1 FROM operations WHERE ordering_key = :ordering_key)"
+        " END, :now, :now)",
         [dict(vars(op), bulk_uuid=bulk.bulk_uuid, now=now) for op in bulk.operations],
     )
+
+
+async def _claim(
+    conn: aiosqlite.Connection, bulk_uuid: str, index: int, attempt: int, until: str
+) -> Turn:
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT status, attempts, claimed_until FROM operations"
+            " WHERE bulk_uuid = ? AND idx = ?",
+            (bulk_uuid, index),
+        )
+    )
+    if not rows or rows[0][0] == OperationStatus.COMPLETE or rows[0][1] >= attempt:
+        return Turn(TurnState.SETTLED)
+    (ahead, next_retry), *_ = await conn.execute_fetchall(AHEAD_SQL, (bulk_uuid, index))
+    if ahead:
+        return Turn(TurnState.WAIT, ahead, None if next_retry is None else _dt(next_retry))
+    claimed_until = rows[0][2]
+    if claimed_until is not None and claimed_until > _now():
+        return Turn(TurnState.WAIT)
+    await conn.execute_fetchall(
+        "UPDATE operations SET claimed_until = ? WHERE bulk_uuid = ? AND idx = ?",
+        (until, bulk_uuid, index),
+    )
+    return Turn(TurnState.GRANTED)
 
 
 async def _accept(conn: aiosqlite.Connection, bulk_uuid: str) -> None:

@@ -229,6 +229,8 @@ tests:
         values: '1x10 0x50'
       - series: 'asyncgate_consumer_last_success_timestamp_seconds'
         values: '0 60 120 180 240 300 300x54'
+      - series: 'asyncgate_ordering_oldest_waiting_age_seconds'
+        values: '0+120x60'
     alert_rule_test:
       - eval_time: 50m
         alertname: AsyncgateWorkQueueGrowing
@@ -269,6 +271,13 @@ tests:
         alertname: AsyncgateReplayStalled
         exp_alerts:
           - exp_labels: {{severity: critical}}
+      - eval_time: 30m
+        alertname: AsyncgateOrderingStalled
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: AsyncgateOrderingStalled
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
   - interval: 1m
     input_series: []
     alert_rule_test:

@@ -28,6 +28,7 @@ from asyncgate.store import (
     UserType,
     create_store,
 )
+from asyncgate.store.base import Turn, TurnState
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 OPEN, REJECTED = OperationStatus.OPEN, OperationStatus.REJECTED
@@ -510,7 +511,7 @@ async def test_migrating_twice_changes_nothing(open_store: Opener, url: str) -> 
 
     again = await open_store()
     assert await again.bulk("b1") is not None
-    assert [row[0] for row in await _raw(url, "SELECT version FROM schema_version")] == [1]
+    assert [row[0] for row in await _raw(url, "SELECT version FROM schema_version")] == [1, 2]
 
 
 async def test_a_newer_schema_is_refused(open_store: Opener, url: str) -> None:
@@ -518,8 +519,8 @@ async def test_a_newer_schema_is_refused(open_store: Opener, url: str) -> None:
     await store.close()
     with pytest.raises(RuntimeError, match="not open"):
         await store.ping()
-    await _raw(url, "INSERT INTO schema_version (version, applied_at) VALUES (2, '2030-01-01')")
-    with pytest.raises(RuntimeError, match="schema version 2"):
+    await _raw(url, "INSERT INTO schema_version (version, applied_at) VALUES (3, '2030-01-01')")
+    with pytest.raises(RuntimeError, match="schema version 3"):
         await open_store()
 
 
@@ -528,7 +529,7 @@ async def test_two_stores_migrate_one_database_at_once(open_store: Opener, url: 
     await accepted(first, new_bulk("b1"))
     assert await second.bulk("b1") is not None
     await second.ping()
-    assert [row[0] for row in await _raw(url, "SELECT version FROM schema_version")] == [1]
+    assert [row[0] for row in await _raw(url, "SELECT version FROM schema_version")] == [1, 2]
 
 
 async def test_two_sqlite_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
@@ -580,3 +581,122 @@ def test_a_postgres_url_makes_a_postgres_store() -> None:
 def test_an_unknown_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="URL"):
         create_store(url)
+
+
+# --- ordering: turns ------------------------------------------------------------------------
+
+GRANTED, WAIT, SETTLED = TurnState.GRANTED, TurnState.WAIT, TurnState.SETTLED
+LATER = datetime.now(UTC) + timedelta(minutes=5)
+
+
+def keyed(uuid: str, *keys: str | None, start: datetime = T0) -> NewBulk:
+    """A bulk whose operation i has ordering key keys[i]."""
+    bulk = new_bulk(uuid, start=start, statuses=(OPEN,) * len(keys))
+    ops = tuple(
+        dataclasses.replace(op, ordering_key=k) for op, k in zip(bulk.operations, keys, strict=True)
+    )
+    return dataclasses.replace(bulk, operations=ops)
+
+
+async def claim(store: Store, uuid: str, index: int, attempt: int = 1) -> Turn:
+    return await store.claim_turn(uuid, index, attempt, LATER)
+
+
+async def test_a_keys_operations_take_turns_in_record_order(store: Store) -> None:
+    await accepted(store, keyed("b1", "k", "other", "k"))
+    await accepted(store, keyed("b2", "k", None))
+    assert (await claim(store, "b2", 0)) == Turn(WAIT, ahead=2)
+    assert (await claim(store, "b1", 2)) == Turn(WAIT, ahead=1)
+    assert (await claim(store, "b1", 1)).state is GRANTED  # another key: its own turn
+    assert (await claim(store, "b1", 0)).state is GRANTED
+    await store.record_outcome("b1", 0, outcome(OperationStatus.COMPLETE))
+    assert (await claim(store, "b2", 0)) == Turn(WAIT, ahead=1)
+    assert (await claim(store, "b1", 2)).state is GRANTED
+    state = await store.operation_state("b1", 2)
+    assert state is not None and state.ordering_key == "k"
+
+
+async def test_a_claimed_operation_waits_for_its_claim_to_end(store: Store, url: str) -> None:
+    await accepted(store, keyed("b1", "k", "k"))
+    assert (await claim(store, "b1", 0)).state is GRANTED
+    # A second copy of the same operation (a redelivery while the first is in flight).
+    assert (await claim(store, "b1", 0)) == Turn(WAIT)
+    # Its consumer died: once the claim expires, the copy may go.
+    await _raw(url, "UPDATE operations SET claimed_until = '2000-01-01 00:00:00+00'")
+    assert (await claim(store, "b1", 0)).state is GRANTED
+    # Recording the outcome ends the claim: a retry of it may claim at once.
+    await store.record_outcome("b1", 0, retry_at(datetime.now(UTC)))
+    assert (await claim(store, "b1", 0, attempt=2)).state is GRANTED
+
+
+def retry_at(moment: datetime | None, attempts: int = 1) -> OperationOutcome:
+    failed = outcome(OperationStatus.RETRIABLY_FAILED, attempts=attempts, http=503)
+    return dataclasses.replace(failed, retry_at=moment)
+
+
+async def test_a_scheduled_retry_holds_back_later_operations(store: Store) -> None:
+    await accepted(store, keyed("b1", "k", "k"))
+    assert (await claim(store, "b1", 0)).state is GRANTED
+    comeback = T0 + timedelta(seconds=30)
+    await store.record_outcome("b1", 0, retry_at(comeback))
+    turn = await claim(store, "b1", 1)
+    assert turn.state is WAIT and turn.ahead == 1 and turn.next_retry == comeback
+    # Retries exhausted (dead-lettered, no retry scheduled): it no longer holds the key.
+    await store.record_outcome("b1", 0, retry_at(None, attempts=2))
+    assert (await claim(store, "b1", 1)).state is GRANTED
+
+
+async def test_settled_operations_are_not_claimed_again(store: Store) -> None:
+    await accepted(store, keyed("b1", "k", "k"))
+    await store.record_outcome("b1", 0, outcome(OperationStatus.COMPLETE))
+    assert (await claim(store, "b1", 0, attempt=2)).state is SETTLED
+    await store.record_outcome("b1", 1, retry_at(LATER, attempts=1))
+    assert (await claim(store, "b1", 1, attempt=1)).state is SETTLED  # attempt 1 recorded
+    assert (await claim(store, "b1", 1, attempt=2)).state is GRANTED
+    assert (await claim(store, "gone", 0)).state is SETTLED
+
+
+async def test_a_pending_bulk_holds_its_key_until_withdrawn(store: Store) -> None:
+    await store.record_bulk(keyed("pending", "k"))
+    await accepted(store, keyed("b2", "k"))
+    assert (await claim(store, "b2", 0)) == Turn(WAIT, ahead=1)
+    await store.withdraw_bulk("pending")
+    assert (await claim(store, "b2", 0)).state is GRANTED
+
+
+async def test_a_permanent_failure_or_rejection_does_not_hold_the_key(store: Store) -> None:
+    bulk = keyed("b1", "k", "k", "k")
+    rejected = dataclasses.replace(bulk.operations[0], status=REJECTED)
+    await accepted(store, dataclasses.replace(bulk, operations=(rejected, *bulk.operations[1:])))
+    failed = outcome(OperationStatus.NOT_RETRIABLY_FAILED, http=400)
+    await store.record_outcome("b1", 1, failed)
+    assert (await claim(store, "b1", 2)).state is GRANTED
+
+
+async def test_concurrent_claims_grant_one_turn(open_store: Opener) -> None:
+    first, second = await open_store(), await open_store()
+    await accepted(first, keyed("b1", "k"))
+    turns = await asyncio.gather(*(claim(s, "b1", 0) for s in (first, second) * 10))
+    assert sum(t.state is GRANTED for t in turns) == 1
+
+
+async def test_ordering_backlog_counts_operations_waiting_behind_another(store: Store) -> None:
+    empty = await store.ordering_backlog()
+    assert (empty.waiting, empty.keys, empty.oldest_start) == (0, 0, None)
+    await accepted(store, keyed("b1", "k", "k", "j", None, start=T0))
+    await accepted(store, keyed("b2", "j", "k", start=T0 + timedelta(minutes=1)))
+    await store.record_bulk(keyed("pending", "j"))  # not accepted: not counted
+    backlog = await store.ordering_backlog()
+    assert (backlog.waiting, backlog.keys, backlog.oldest_start) == (3, 2, T0)
+
+
+async def test_an_operation_is_superseded_once_a_later_one_with_its_key_completes(
+    store: Store,
+) -> None:
+    await accepted(store, keyed("b1", "k", "k", None))
+    await store.record_outcome("b1", 0, outcome(OperationStatus.NOT_RETRIABLY_FAILED, http=400))
+    assert not await store.superseded("b1", 0)
+    await store.record_outcome("b1", 1, outcome(OperationStatus.COMPLETE))
+    assert await store.superseded("b1", 0)
+    assert not await store.superseded("b1", 1)  # nothing after it
+    assert not await store.superseded("b1", 2)  # unordered
