@@ -9,13 +9,18 @@ export ASYNCGATE_STORE ?= sqlite:///$(CURDIR)/var/asyncgate.db
 
 N ?= 1000
 
-.PHONY: demo run consumer test lint fmt services check-config clean
+.PHONY: demo run consumer test lint fmt services check-config clean bench faults
 
 # The seed's experiment: N customers sync, then async, on the embedded transport and store
 # (or on RabbitMQ when ASYNCGATE_BROKER is set). Needs nothing but Python.
 demo: $(STAMP)
 	$(BIN)/python -m demo.experiment --n $(N)
 
+# The benchmark suite (issue 8): pass-through, intake, drain, memory and the seed experiment,
+# side by side with nginx and raw broker publishing; rewrites BENCHMARKS.md in under 10 minutes.
+bench: $(STAMP)
+	bash scripts/ensure-services.sh rabbitmq wrk nginx
+	$(BIN)/python -m bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +42,12 @@ check-config: $(STAMP)
 
 test: $(STAMP) services
 	$(BIN)/pytest
+
+# The fault suite's long form (issue 9): faults under load, reconciled; rewrites FAULTS.md.
+# `make test` runs its short form. Private RabbitMQ and PostgreSQL instances are started
+# for the restart scenarios; the shared ones are never restarted.
+faults: $(STAMP) services
+	ASYNCGATE_FAULTS=long $(BIN)/pytest tests/faults -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

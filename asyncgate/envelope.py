@@ -55,9 +55,12 @@ class Envelope:
     auth: str = "forward"
 
     def to_bytes(self) -> bytes:
-        data = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies, a measurable cost at intake.
+        data: dict[str, Any] = {"v": VERSION}
+        for f in _FIELDS:
+            data[f] = getattr(self, f)
         data["headers"] = [list(h) for h in self.headers]
-        return dumps({"v": VERSION, **data})
+        return dumps(data)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Envelope:
@@ -100,6 +103,9 @@ class Envelope:
     @property
     def attempts_in_budget(self) -> int:
         return self.attempt - self.first_attempt + 1
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Envelope))
 
 
 def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

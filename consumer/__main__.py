@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 
-from asyncgate.cli import base_parser, settings_or_exit
+from asyncgate.cli import base_parser, new_event_loop, settings_or_exit
 from asyncgate.logs import configure_logging, get_logger
 from asyncgate.settings import Settings
 from asyncgate.store import create_store
@@ -55,16 +55,22 @@ async def operate(settings: Settings, args: argparse.Namespace) -> int:
                 args.uuid,
                 args.limit,
                 frozenset({OperationStatus.RETRIABLY_FAILED}),
+                force=args.force,
             )
             print(f"requeued {n} operation(s) of bulk {args.uuid}", file=sys.stderr)
         else:
-            n = await dead_letters(transport, store, args.action, args.bulk, args.limit)
+            n = await dead_letters(
+                transport, store, args.action, args.bulk, args.limit, force=args.force
+            )
             if args.action != "list":
                 print(f"{args.action}d {n} dead letter(s)", file=sys.stderr)
     finally:
         await transport.close()
         await store.close()
     return 0
+
+
+FORCE_HELP = "requeue even an update that a later one of the same resource has overtaken"
 
 
 def main() -> None:
@@ -75,19 +81,22 @@ def main() -> None:
     bulk.add_argument("action", choices=["retry"])
     bulk.add_argument("uuid")
     bulk.add_argument("--limit", type=int, default=10000, help="dead letters examined at most")
+    bulk.add_argument("--force", action="store_true", help=FORCE_HELP)
     dead = sub.add_parser("dead-letters", help="list, requeue or purge dead letters")
     dead.add_argument("action", choices=["list", "requeue", "purge"])
     dead.add_argument("--bulk", default=None, help="only this bulk's dead letters")
     dead.add_argument("--limit", type=int, default=10000, help="dead letters examined at most")
+    dead.add_argument("--force", action="store_true", help=FORCE_HELP)
     args = parser.parse_args()
     settings = settings_or_exit(args)
     operating = args.command not in (None, "run")
     # An operator command's stdout is its answer (e.g. JSON lines): logs go to stderr.
     configure_logging(stream=sys.stderr if operating else None)
-    if not operating:
-        asyncio.run(run(settings))
-    else:
-        raise SystemExit(asyncio.run(operate(settings, args)))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        if not operating:
+            runner.run(run(settings))
+        else:
+            raise SystemExit(runner.run(operate(settings, args)))
 
 
 if __name__ == "__main__":

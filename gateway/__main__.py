@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from asyncgate.cli import base_parser, settings_or_exit
+from asyncgate.cli import base_parser, new_event_loop, settings_or_exit
 from asyncgate.logs import configure_logging, get_logger
 from gateway.app import create_app
 
@@ -24,6 +24,7 @@ def main() -> None:
         shutdown_timeout=settings.gateway.shutdown_grace,
         access_log=None,
         print=None,
+        loop=new_event_loop(),
     )
 
 

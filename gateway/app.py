@@ -8,8 +8,9 @@ and the request metrics.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import structlog
@@ -33,10 +34,19 @@ log = get_logger("asyncgate.gateway")
 
 PASSTHROUGH = "passthrough"
 
+# Request ids: a random per-process prefix and a counter, 32 hex digits like a uuid4
+# but without a system call for every request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or _new_request_id()
     # A keep-alive connection serves many requests in one task: start each one clean.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

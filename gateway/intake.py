@@ -118,30 +118,28 @@ async def handle(
         start_time=datetime.fromtimestamp(now, UTC),
         operations=tuple(_new_operation(item, topic, method, ordering) for item in items),
     )
+
+    def message(item: Item) -> Outgoing:
+        op_id = operation_id(bulk_uuid, item.index)
+        envelope = Envelope(
+            operation_id=op_id,
+            bulk_uuid=bulk_uuid,
+            index=item.index,
+            route=route_name,
+            queue=queue,
+            method=method,
+            path=rest.replay_path(item.v1_path),
+            query=query,
+            headers=headers,
+            body=item.body,
+            client=client.address,
+            received_at=now,
+            auth=caller.replay_auth,
+        )
+        return Outgoing(queue=queue, message_id=op_id, body=envelope.to_bytes())
+
     try:
-        messages = [
-            Outgoing(
-                queue=queue,
-                message_id=operation_id(bulk_uuid, item.index),
-                body=Envelope(
-                    operation_id=operation_id(bulk_uuid, item.index),
-                    bulk_uuid=bulk_uuid,
-                    index=item.index,
-                    route=route_name,
-                    queue=queue,
-                    method=method,
-                    path=rest.replay_path(item.v1_path),
-                    query=query,
-                    headers=headers,
-                    body=item.body,
-                    client=client.address,
-                    received_at=now,
-                    auth=caller.replay_auth,
-                ).to_bytes(),
-            )
-            for item in items
-            if item.error is None
-        ]
+        messages = [message(item) for item in items if item.error is None]
     except UnicodeError:  # a forwarded header carried bytes that are not UTF-8
         return magento_error(400, "A request header is not valid UTF-8.")
     try:

@@ -8,6 +8,7 @@ directions; repeated response headers and compressed bytes pass untouched.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,8 @@ from gateway.forwarding import ClientInfo, end_to_end, upstream_request_headers
 log = get_logger("asyncgate.proxy")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Answers up to this size are read whole and sent in one write; larger ones stream.
+SMALL_BODY_BYTES = 64 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -46,6 +49,12 @@ class _CountedBody:
                 self.too_large = True
                 raise BodyTooLarge
             yield chunk
+
+
+@functools.lru_cache(maxsize=8)
+def _upstream_of(url: str) -> tuple[str, str]:
+    """The upstream's base (no trailing slash) and authority, parsed once, not per request."""
+    return url.rstrip("/"), URL(url).raw_authority
 
 
 def new_upstream_session(settings: Settings) -> aiohttp.ClientSession:
@@ -77,10 +86,10 @@ async def pass_through(
     limit = settings.gateway.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, 413, "Request body is too large.")
-    upstream_url = URL(settings.upstream.url.rstrip("/") + request.raw_path, encoded=True)
-    upstream_host = URL(settings.upstream.url).raw_authority
+    base, authority = _upstream_of(settings.upstream.url)
+    upstream_url = URL(base + request.raw_path, encoded=True)
     headers = upstream_request_headers(
-        request, client, None if settings.gateway.upstream_host == "client" else upstream_host
+        request, client, None if settings.gateway.upstream_host == "client" else authority
     )
     body = _CountedBody(request, limit) if request.body_exists else None
     started = time.monotonic()
@@ -113,14 +122,26 @@ async def pass_through(
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     headers = end_to_end(upstream.headers)
-    response.headers.extend(headers)
     length = upstream.headers.get("Content-Length")
-    if length is not None and length.isdigit():
-        response.content_length = int(length)
+    size = int(length) if length is not None and length.isdigit() else None
+    has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES
+    if has_body and size is not None and size <= SMALL_BODY_BYTES:
+        # A small answer goes out whole: headers and body in one write, not three.
+        try:
+            body = await upstream.read()
+        except aiohttp.ClientPayloadError as exc:  # nothing sent yet: a clean 502
+            log.warning("upstream_stream_broken", path=request.path, error=repr(exc))
+            return magento_error(502, "The upstream server could not be reached.")
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, headers=headers, body=body
+        )
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(headers)
+    if size is not None:
+        response.content_length = size
     await response.prepare(request)
-    if request.method != "HEAD" and upstream.status not in _NO_BODY_STATUSES:
+    if has_body:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
     await response.write_eof()

@@ -24,16 +24,17 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# Debian ships promtool only in its 'prometheus' package, whose maintainer scripts enable
-# and start a Prometheus server (through invoke-rc.d, or deb-systemd-invoke under systemd).
-# While it installs, /usr/sbin/policy-rc.d exits 101 ("action forbidden"): both helpers then
-# skip the start, so the install neither fails where there is no systemd nor leaves a server
-# running. The machine's own policy-rc.d, if any, is put back afterwards, and the unit is
-# disabled so that no server comes up at the next boot either.
-install_promtool() {
+# Install a Debian package without letting it start a service. Debian ships promtool
+# only in its 'prometheus' package, and nginx's package starts a server on port 80; their
+# maintainer scripts start services through invoke-rc.d (or deb-systemd-invoke under
+# systemd). While they install, /usr/sbin/policy-rc.d exits 101 ("action forbidden"): both
+# helpers then skip the start, so the install neither fails where there is no systemd nor
+# leaves a server running. The machine's own policy-rc.d, if any, is put back afterwards,
+# and the unit is disabled so that no server comes up at the next boot either.
+install_quietly() {  # PACKAGE
+  local package=$1
   if [ "$(id -u)" != 0 ]; then
-    echo "ensure-services: promtool is not installed; install Debian's 'prometheus' package" \
-      "(needs root), or put promtool on PATH" >&2
+    echo "ensure-services: install Debian's '$package' package (needs root)" >&2
     exit 1
   fi
   local policy=/usr/sbin/policy-rc.d
@@ -45,21 +46,17 @@ install_promtool() {
     if [ -e "$saved" ]; then mv -f "$saved" "$policy"; fi
   }
   trap restore_policy EXIT
-  printf '#!/bin/sh\n# ensure-services.sh: start no service while promtool is installed.\nexit 101\n' \
-    >"$policy"
+  printf '#!/bin/sh\n# ensure-services.sh: start no service while %s installs.\nexit 101\n' \
+    "$package" >"$policy"
   chmod 0755 "$policy"
-  echo "ensure-services: installing Debian's prometheus package for promtool" >&2
+  echo "ensure-services: installing Debian's $package package" >&2
   [ -n "${_APT_UPDATED:-}" ] || { apt-get update -qq; _APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" \
     >/dev/null
   restore_policy
   trap - EXIT
-  deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
-  update-rc.d prometheus disable >/dev/null 2>&1 || true
-  command -v promtool >/dev/null || {
-    echo "ensure-services: the prometheus package installed no promtool on PATH" >&2
-    exit 1
-  }
+  deb-systemd-helper disable "$package.service" >/dev/null 2>&1 || true
+  update-rc.d "$package" disable >/dev/null 2>&1 || true
 }
 
 for svc in $want; do
@@ -80,7 +77,16 @@ for svc in $want; do
       ;;
     promtool)
       command -v promtool >/dev/null && continue
-      install_promtool
+      install_quietly prometheus
+      command -v promtool >/dev/null || {
+        echo "ensure-services: the prometheus package installed no promtool on PATH" >&2
+        exit 1
+      }
+      ;;
+    wrk | nginx)
+      # Tools for `make bench`; nginx is only run by the bench, on a port of its own.
+      command -v "$svc" >/dev/null || [ -x "/usr/sbin/$svc" ] && continue
+      install_quietly "$svc"
       ;;
     *) echo "ensure-services: unknown service $svc" >&2; exit 1 ;;
   esac

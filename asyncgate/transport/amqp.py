@@ -82,6 +82,8 @@ class _Link:
         self._task = asyncio.create_task(self._run(), name=f"amqp-link-{self._name}")
 
     async def wait(self, within: float) -> aiormq.abc.AbstractChannel:
+        if self._ready.is_set() and self.channel is not None:
+            return self.channel  # the usual case: no timer, no task per publish
         try:
             await asyncio.wait_for(self._ready.wait(), within)
         except TimeoutError:
@@ -259,7 +261,15 @@ class AmqpTransport(Transport):
 
     async def _publish_all(self, routes: Sequence[tuple[str, str, Outgoing]]) -> None:
         ch = await self._publisher.wait(self._settings.broker.confirm_timeout)
+        if len(routes) == 1:  # one message needs no gather (and no task) around it
+            x, key, msg = routes[0]
+            try:
+                await self._publish_one(ch, x, key, msg)
+            except (*_AMQP_ERRORS, PublishError) as exc:
+                raise PublishError(f"1 of 1 not confirmed: {exc!r}") from exc
+            return
         # Confirms pipeline: every publish is on the wire before the first confirm is awaited.
+        # Across requests too: each request's publishes share the channel with the others'.
         results = await asyncio.gather(
             *(self._publish_one(ch, x, key, msg) for x, key, msg in routes),
             return_exceptions=True,

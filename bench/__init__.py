@@ -1,0 +1,1 @@
+"""make bench: the benchmark suite that writes BENCHMARKS.md (see bench/__main__.py)."""
