@@ -15,12 +15,18 @@ gateway accepted them (the consumer enforces it through the store; see
 The resource path is the replayed ``/V1/...`` path after ``by<Param>`` substitution,
 without the store code and the query: ``/rest/all/V1/products/X`` and
 ``/rest/default/V1/products/X`` write the same product.
+
+Keys are normalised so that one resource does not get two keys: percent-decoded,
+without a trailing slash, case-folded (Magento looks SKUs and e-mails up without
+regard to case), and a whole number is the same key as ``5`` or ``5.0``.  Two
+resources sharing a key only costs concurrency, never order.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import unquote
 
 from asyncgate.jsonutil import loads
 
@@ -40,13 +46,14 @@ def ordering_key(rule: str, method: str, v1_path: str, body: str) -> str | None:
     """The key of one operation (readable text), or None when it is unordered."""
     if rule == "none":
         return None
+    resource = _normal_path(v1_path)
     if rule == "auto":
-        return v1_path if method in ORDERED_BY_DEFAULT else None
+        return resource if method in ORDERED_BY_DEFAULT else None
     if rule == "path":
-        return v1_path
+        return resource
     field = rule[len(_BODY) :]
     value = _field(body, field.split("."))
-    return None if value is None else f"{v1_path} {field}={value}"
+    return None if value is None else f"{resource} {field}={value}"
 
 
 def digest(key: str) -> str:
@@ -65,4 +72,10 @@ def _field(body: str, names: list[str]) -> str | None:
         value = value.get(name)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    return str(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).casefold()
+
+
+def _normal_path(v1_path: str) -> str:
+    return (unquote(v1_path).rstrip("/") or "/").casefold()

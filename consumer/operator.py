@@ -82,15 +82,14 @@ async def dead_letters(
                 state = await store.operation_state(env.bulk_uuid, env.index)
                 if state is None or state.status not in statuses:
                     continue
-                if not force and await store.superseded(env.bulk_uuid, env.index):
+                if not await store.reopen(env.bulk_uuid, env.index, force):
                     log.warning(
                         "requeue_skipped_superseded",
                         bulk_uuid=env.bulk_uuid,
                         index=env.index,
-                        hint="a later update of the same resource is applied; --force replays it",
+                        hint="a later update of the same resource was replayed; --force replays it",
                     )
                     continue
-                await store.reopen(env.bulk_uuid, env.index)
                 await transport.publish(
                     [
                         Outgoing(

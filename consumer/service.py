@@ -22,6 +22,7 @@ from consumer.worker import (
     purge_periodically,
     refresh_depth,
     refresh_ordering_backlog,
+    withdraw_stale_periodically,
 )
 
 
@@ -63,6 +64,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
                 refresh_depth(transport, settings.consumer.depth_interval), name="queue-depth"
             )
         )
+        tasks.append(asyncio.create_task(withdraw_stale_periodically(store), name="stale-pending"))
         tasks.append(
             asyncio.create_task(
                 refresh_ordering_backlog(store, settings.consumer.depth_interval),

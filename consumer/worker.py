@@ -20,8 +20,10 @@ then goes back through a delay queue (publish, then ack, as a retry does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -51,6 +53,14 @@ _STATUS_OF = {
     Verdict.EXHAUSTED: OperationStatus.RETRIABLY_FAILED,
     Verdict.PERMANENT: OperationStatus.NOT_RETRIABLY_FAILED,
 }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This delivery's turn on an ordering key, under its own token."""
+
+    key: str
+    token: str
 
 
 class Worker:
@@ -136,27 +146,39 @@ class Worker:
         if state.status == OperationStatus.COMPLETE or state.attempts >= env.attempt:
             await self._skip_duplicate(delivery, env, state.status)
             return
-        key = state.ordering_key
-        if key is not None:
-            turn = await self._turns.take(env, key)
+        claim: Claim | None = None
+        if state.ordering_key is not None:
+            turn, token = await self._turns.take(env, state.ordering_key)
             if turn.state is TurnState.SETTLED:
                 await self._skip_duplicate(delivery, env, state.status)
                 return
             if turn.state is TurnState.WAIT:
                 await self._defer(delivery, env, turn)
                 return
+            claim = Claim(state.ordering_key, token)
         route = self._policies.get(env.route)
-        async with self._slots:
-            await self._limiter.acquire()
-            started = time.monotonic()
-            with metrics.CONSUMER_UPSTREAM_CONCURRENCY.track_inprogress():
-                attempt = await self._replay(env)
+        sent = False
+        try:
+            async with self._slots:
+                await self._limiter.acquire()
+                started = time.monotonic()
+                sent = True
+                with metrics.CONSUMER_UPSTREAM_CONCURRENCY.track_inprogress():
+                    attempt = await self._replay(env)
+        except asyncio.CancelledError:
+            if claim is not None and not sent:
+                # Nothing went upstream: the next copy may go now, not after the lease.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self._store.release_claim(env.bulk_uuid, env.index, claim.token)
+                    )
+            raise
         duration = time.monotonic() - started
         metrics.CONSUMER_REPLAY_SECONDS.labels(env.route).observe(duration)
         # Once the upstream has answered, the outcome must be recorded even if we are
         # being cancelled: settle in a task of its own.
         settle = asyncio.create_task(
-            self._settle(delivery, env, route, attempt, duration, key),
+            self._settle(delivery, env, route, attempt, duration, claim),
             name=f"settle-{env.operation_id}",
         )
         self._settling[delivery] = settle
@@ -178,8 +200,16 @@ class Worker:
         route: RouteSettings | None,
         attempt: Attempt,
         duration: float,
-        key: str | None,
+        claim: Claim | None,
     ) -> None:
+        if claim is not None and not await self._store.renew_claim(
+            env.bulk_uuid, env.index, claim.token, self._turns.lease
+        ):
+            # This copy's claim expired and another copy of the operation took over: its
+            # outcome is the one to keep, so publish and record nothing.
+            log.warning("claim_lost", operation_id=env.operation_id, bulk_uuid=env.bulk_uuid)
+            await delivery.ack()
+            return
         policy = RetryPolicy.for_route(self._settings.retry, route)
         decision = judge(attempt, env.attempts_in_budget, policy)
         retry_at: datetime | None = None  # while set, later operations with the key wait
@@ -194,7 +224,7 @@ class Worker:
             await self._transport.dead_letter(
                 Outgoing(env.queue, env.to_bytes(), env.operation_id, _reasons(decision, attempt))
             )
-        await self._store.record_outcome(
+        recorded = await self._store.record_outcome(
             env.bulk_uuid,
             env.index,
             OperationOutcome(
@@ -208,9 +238,12 @@ class Worker:
                 error_code=attempt.status if decision.verdict is not Verdict.SUCCESS else None,
                 retry_at=retry_at,
             ),
+            claim=None if claim is None else claim.token,
         )
-        if key is not None:
-            self._turns.settled(key)
+        if claim is not None:
+            if not recorded:
+                log.warning("claim_lost", operation_id=env.operation_id, bulk_uuid=env.bulk_uuid)
+            self._turns.settled(claim.key)
         await delivery.ack()
         metrics.CONSUMER_OPERATIONS.labels(env.route, decision.verdict.value).inc()
         metrics.CONSUMER_ATTEMPTS.labels(env.route).observe(env.attempt)
@@ -245,7 +278,8 @@ class Worker:
     async def _defer(self, delivery: Delivery, env: Envelope, turn: Turn) -> None:
         """Not its turn yet: back through a delay queue, so no delivery is held for long."""
         used = await self._transport.publish_delayed(
-            Outgoing(env.queue, delivery.body, env.operation_id), pause(turn)
+            Outgoing(env.queue, delivery.body, env.operation_id),
+            pause(turn, self._settings.retry.delay_tiers),
         )
         await delivery.ack()
         metrics.ORDERING_DEFERRED.labels(env.route).inc()
@@ -332,10 +366,20 @@ async def purge_periodically(store: Store, lifetime_days: float, every: float = 
     """Retention: bulks older than the lifetime go, as Magento's system/bulk/lifetime."""
 
     async def step() -> None:
-        now = datetime.now(UTC)
-        removed = await store.purge(now - timedelta(days=lifetime_days))
-        stale = await store.withdraw_stale_pending(now - PENDING_GIVE_UP)
-        if removed or stale:
-            log.info("bulks_purged", expired=removed, never_accepted=stale)
+        removed = await store.purge(datetime.now(UTC) - timedelta(days=lifetime_days))
+        if removed:
+            log.info("bulks_purged", expired=removed)
 
     await _every(every, step, "retention-purge")
+
+
+async def withdraw_stale_periodically(store: Store, every: float = 60.0) -> None:
+    """Bulks never accepted (their gateway died mid-intake) go soon: their operations
+    would hold back later operations with the same ordering keys."""
+
+    async def step() -> None:
+        stale = await store.withdraw_stale_pending(datetime.now(UTC) - PENDING_GIVE_UP)
+        if stale:
+            log.info("bulks_purged", never_accepted=stale)
+
+    await _every(every, step, "stale-pending")

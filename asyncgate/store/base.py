@@ -178,19 +178,36 @@ class Store(abc.ABC):
         """None when the bulk is unknown (withdrawn, purged)."""
 
     @abc.abstractmethod
-    async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
+    async def record_outcome(
+        self, bulk_uuid: str, index: int, outcome: OperationOutcome, claim: str | None = None
+    ) -> bool:
         """Write one attempt's outcome; keeps attempts, last upstream status and timestamps.
 
-        Also ends the operation's claim (``claim_turn``)."""
+        For an ordered operation, ``claim`` is the token its turn was granted with: the
+        write happens only while that claim is still the operation's (another copy may
+        have taken over after it expired), and it ends the claim.  Returns whether the
+        outcome was written (False also for an operation that is gone)."""
 
     @abc.abstractmethod
-    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
-        """Atomically: is it this ordered operation's turn?  If so, claim it until ``until``.
+    async def claim_turn(
+        self, bulk_uuid: str, index: int, attempt: int, token: str, lease: float
+    ) -> Turn:
+        """Atomically: is it this ordered operation's turn?  If so, claim it for ``lease``
+        seconds under ``token``.
 
         Its turn comes when every earlier operation with its key is settled (complete,
-        failed for good or rejected: not open and not waiting for a retry) and no
-        unexpired claim of it is held.  ``attempt`` is the delivery's: an operation
-        already complete, or with that attempt recorded, is SETTLED (a duplicate)."""
+        failed for good or rejected: not open and not waiting for a retry), no other
+        operation with the key holds a live claim, and no live claim of it is held by
+        another copy.  ``attempt`` is the delivery's: an operation already complete, or
+        with that attempt recorded, is SETTLED (a duplicate)."""
+
+    @abc.abstractmethod
+    async def renew_claim(self, bulk_uuid: str, index: int, token: str, lease: float) -> bool:
+        """Extend the claim by ``lease`` seconds from now; False when ``token`` lost it."""
+
+    @abc.abstractmethod
+    async def release_claim(self, bulk_uuid: str, index: int, token: str) -> None:
+        """End the claim without an outcome (nothing was sent): another copy may go."""
 
     @abc.abstractmethod
     async def ordering_backlog(self) -> OrderingBacklog: ...
@@ -201,12 +218,12 @@ class Store(abc.ABC):
         """Set status 2 operations of a bulk back to 4; return their indexes."""
 
     @abc.abstractmethod
-    async def reopen(self, bulk_uuid: str, index: int) -> None:
-        """Set one operation back to 4 (a dead letter being requeued)."""
+    async def reopen(self, bulk_uuid: str, index: int, force: bool = False) -> bool:
+        """Set one operation back to 4 (a dead letter being requeued); True if it was.
 
-    @abc.abstractmethod
-    async def superseded(self, bulk_uuid: str, index: int) -> bool:
-        """True when a later operation with its ordering key is complete (no requeue then)."""
+        Unless ``force``, an ordered operation that a later one with its key has
+        overtaken (replayed, being replayed or complete) is left alone: replaying it
+        would put the older write over the newer one.  Checked and set atomically."""
 
     @abc.abstractmethod
     async def purge(self, older_than: datetime) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ from asyncgate.store.queries import (
     AHEAD_SQL,
     BACKLOG_SQL,
     BULK_COLUMNS,
+    BUSY_SQL,
     OPERATION_COLUMNS,
     ORDERING_MIGRATION,
     SUPERSEDED_SQL,
@@ -83,7 +85,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX nonces_expires_at ON nonces (expires_at)",
     ),
     (
-        "CREATE SEQUENCE operations_ordering_seq",
+        # Each key's last sequence number; its row lock orders concurrent bulks of a key.
+        "CREATE TABLE ordering_keys (key text PRIMARY KEY, last_seq bigint NOT NULL)",
         *(
             sql.format(text="text", bigint="bigint", timestamp="timestamptz")
             for sql in ORDERING_MIGRATION
@@ -168,13 +171,9 @@ class PostgresStore(Store):
     # --- gateway: intake ----------------------------------------------------------------
     async def record_bulk(self, bulk: NewBulk) -> None:
         now = datetime.now(UTC)
-        keys = sorted({op.ordering_key for op in bulk.operations if op.ordering_key})
+        counts = Counter(op.ordering_key for op in bulk.operations if op.ordering_key)
         async with self._p.acquire() as conn, conn.transaction():
-            # Numbers come from one sequence; the per-key lock, held to the commit, makes
-            # a key's numbers commit in order, so a consumer never sees a later operation
-            # of the key before an earlier one.  Sorted: two bulks never wait on each other.
-            for key in keys:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+            next_seq = await _reserve_sequence_numbers(conn, counts)
             await conn.execute(
                 "INSERT INTO bulks (bulk_uuid, description, owner, user_type, start_time)"
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -184,12 +183,13 @@ class PostgresStore(Store):
                 int(bulk.user_type),
                 _utc(bulk.start_time),
             )
-            await conn.executemany(
-                "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data,"
-                " result_message, error_code, ordering_key, ordering_seq, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $9::text, CASE WHEN $9::text IS NULL"
-                " THEN NULL ELSE nextval('operations_ordering_seq') END, $8, $8)",
-                [
+            rows = []
+            for op in bulk.operations:
+                seq = None
+                if op.ordering_key:
+                    seq = next_seq[op.ordering_key]
+                    next_seq[op.ordering_key] = seq + 1
+                rows.append(
                     (
                         bulk.bulk_uuid,
                         op.index,
@@ -200,9 +200,14 @@ class PostgresStore(Store):
                         op.error_code,
                         now,
                         op.ordering_key,
+                        seq,
                     )
-                    for op in bulk.operations
-                ],
+                )
+            await conn.executemany(
+                "INSERT INTO operations (bulk_uuid, idx, topic, status, serialized_data,"
+                " result_message, error_code, ordering_key, ordering_seq, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10, $8, $8)",
+                rows,
             )
 
     async def accept_bulk(self, bulk_uuid: str) -> None:
@@ -231,13 +236,15 @@ class PostgresStore(Store):
             return None
         return OperationState(OperationStatus(row[0]), row[1], row[2], row[3], row[4])
 
-    async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
+    async def record_outcome(
+        self, bulk_uuid: str, index: int, outcome: OperationOutcome, claim: str | None = None
+    ) -> bool:
         # An operation that is gone (withdrawn, purged) is not recreated.
-        await self._p.execute(
+        status = await self._p.execute(
             "UPDATE operations SET status = $3, attempts = $4, http_status = $5,"
             " result_message = $6, result_serialized_data = $7, error_code = $8,"
-            " updated_at = $9, retry_at = $10, claimed_until = NULL"
-            " WHERE bulk_uuid = $1 AND idx = $2",
+            " updated_at = $9, retry_at = $10, claimed_until = NULL, claim_token = NULL"
+            " WHERE bulk_uuid = $1 AND idx = $2 AND ($11::text IS NULL OR claim_token = $11)",
             bulk_uuid,
             index,
             int(outcome.status),
@@ -248,32 +255,62 @@ class PostgresStore(Store):
             outcome.error_code,
             datetime.now(UTC),
             None if outcome.retry_at is None else _utc(outcome.retry_at),
+            claim,
         )
+        return bool(_changed(status))
 
-    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
+    async def claim_turn(
+        self, bulk_uuid: str, index: int, attempt: int, token: str, lease: float
+    ) -> Turn:
+        # Claims are timed by the database's clock, so consumer hosts need not agree.
         async with self._p.acquire() as conn, conn.transaction():
             # The row lock makes two copies of one operation claim one after the other.
             row = await conn.fetchrow(
-                "SELECT status, attempts, claimed_until > $3 FROM operations"
+                "SELECT status, attempts, claimed_until > clock_timestamp() FROM operations"
                 " WHERE bulk_uuid = $1 AND idx = $2 FOR UPDATE",
                 bulk_uuid,
                 index,
-                datetime.now(UTC),  # the consumers' clocks, as ``until`` is
             )
             if row is None or row[0] == OperationStatus.COMPLETE or row[1] >= attempt:
                 return Turn(TurnState.SETTLED)
             ahead, next_retry = await conn.fetchrow(_numbered(AHEAD_SQL), bulk_uuid, index)
             if ahead:
                 return Turn(TurnState.WAIT, ahead, next_retry)
-            if row[2]:
+            busy = await conn.fetchval(
+                _numbered(BUSY_SQL.format(now="clock_timestamp()")), bulk_uuid, index
+            )
+            if busy or row[2]:
                 return Turn(TurnState.WAIT)
             await conn.execute(
-                "UPDATE operations SET claimed_until = $3 WHERE bulk_uuid = $1 AND idx = $2",
+                "UPDATE operations SET claim_token = $4,"
+                " claimed_until = clock_timestamp() + $3 * interval '1 second'"
+                " WHERE bulk_uuid = $1 AND idx = $2",
                 bulk_uuid,
                 index,
-                _utc(until),
+                lease,
+                token,
             )
         return Turn(TurnState.GRANTED)
+
+    async def renew_claim(self, bulk_uuid: str, index: int, token: str, lease: float) -> bool:
+        status = await self._p.execute(
+            "UPDATE operations SET claimed_until = clock_timestamp() + $4 * interval '1 second'"
+            " WHERE bulk_uuid = $1 AND idx = $2 AND claim_token = $3",
+            bulk_uuid,
+            index,
+            token,
+            lease,
+        )
+        return bool(_changed(status))
+
+    async def release_claim(self, bulk_uuid: str, index: int, token: str) -> None:
+        await self._p.execute(
+            "UPDATE operations SET claimed_until = NULL, claim_token = NULL"
+            " WHERE bulk_uuid = $1 AND idx = $2 AND claim_token = $3",
+            bulk_uuid,
+            index,
+            token,
+        )
 
     async def ordering_backlog(self) -> OrderingBacklog:
         waiting, keys, oldest = await self._p.fetchrow(BACKLOG_SQL)
@@ -287,13 +324,28 @@ class PostgresStore(Store):
         )
         return sorted(row[0] for row in rows)
 
-    async def reopen(self, bulk_uuid: str, index: int) -> None:
-        await self._p.execute(
-            "UPDATE operations SET status = 4 WHERE bulk_uuid = $1 AND idx = $2", bulk_uuid, index
-        )
-
-    async def superseded(self, bulk_uuid: str, index: int) -> bool:
-        return bool(await self._p.fetchval(_numbered(SUPERSEDED_SQL), bulk_uuid, index))
+    async def reopen(self, bulk_uuid: str, index: int, force: bool = False) -> bool:
+        async with self._p.acquire() as conn, conn.transaction():
+            if not force:
+                # Lock the key's later operations: none can be claimed between the check
+                # and the reopen (a claim updates its row), and once reopened, this one
+                # is unsettled and holds them back.
+                await conn.execute(
+                    "SELECT 1 FROM operations p JOIN operations o"
+                    " ON p.ordering_key = o.ordering_key AND p.ordering_seq > o.ordering_seq"
+                    " WHERE o.bulk_uuid = $1 AND o.idx = $2 AND p.ordering_key IS NOT NULL"
+                    " FOR UPDATE OF p",
+                    bulk_uuid,
+                    index,
+                )
+                if await conn.fetchval(_numbered(SUPERSEDED_SQL), bulk_uuid, index):
+                    return False
+            status = await conn.execute(
+                "UPDATE operations SET status = 4 WHERE bulk_uuid = $1 AND idx = $2",
+                bulk_uuid,
+                index,
+            )
+        return bool(_changed(status))
 
     async def purge(self, older_than: datetime) -> int:
         status = await self._p.execute("DELETE FROM bulks WHERE start_time < $1", _utc(older_than))
@@ -365,6 +417,28 @@ class PostgresStore(Store):
                 now,
             )
         return used is not None
+
+
+async def _reserve_sequence_numbers(conn: Any, counts: Counter[str]) -> dict[str, int]:
+    """The first of ``counts[key]`` new sequence numbers of each key, in this transaction.
+
+    The upsert locks each key's row until the commit, so a key's numbers commit in the
+    order they were handed out: a consumer never sees a later operation of a key before
+    an earlier one.  Keys go in sorted order, so two bulks never wait on each other.
+    Row locks, unlike advisory locks, do not fill the server's shared lock table.
+    """
+    if not counts:
+        return {}
+    keys = sorted(counts)
+    rows = await conn.fetch(
+        "INSERT INTO ordering_keys (key, last_seq)"
+        " SELECT k, n FROM unnest($1::text[], $2::bigint[]) AS t (k, n) ORDER BY k"
+        " ON CONFLICT (key) DO UPDATE SET last_seq = ordering_keys.last_seq + excluded.last_seq"
+        " RETURNING key, last_seq",
+        keys,
+        [counts[k] for k in keys],
+    )
+    return {row[0]: row[1] - counts[row[0]] + 1 for row in rows}
 
 
 def _bulk_view(row: Any) -> BulkView:

@@ -38,9 +38,16 @@ ORDERING_MIGRATION: tuple[str, ...] = (
     "ALTER TABLE operations ADD COLUMN ordering_key {text}",
     "ALTER TABLE operations ADD COLUMN ordering_seq {bigint}",
     "ALTER TABLE operations ADD COLUMN retry_at {timestamp}",
+    # A claim: the copy holding ``claim_token`` may replay until ``claimed_until``.
     "ALTER TABLE operations ADD COLUMN claimed_until {timestamp}",
+    "ALTER TABLE operations ADD COLUMN claim_token {text}",
+    "CREATE INDEX operations_by_key ON operations (ordering_key, ordering_seq)"
+    " WHERE ordering_key IS NOT NULL",
     "CREATE INDEX operations_unsettled_by_key ON operations (ordering_key, ordering_seq)"
     f" WHERE ordering_key IS NOT NULL AND {_unsettled('')}",
+    # Claims end when the outcome is recorded: this index holds only the live ones.
+    "CREATE INDEX operations_claimed_by_key ON operations (ordering_key)"
+    " WHERE claimed_until IS NOT NULL",
 )
 
 # Earlier unsettled operations with the key of the operation (?, ?) = (bulk_uuid, idx):
@@ -51,11 +58,22 @@ AHEAD_SQL = (
     f" WHERE o.bulk_uuid = ? AND o.idx = ? AND p.ordering_key IS NOT NULL AND {_unsettled('p.')}"
 )
 
-# Later operations with the key of the operation (?, ?) that are complete: replaying it
-# again would put an older write over a newer one.
+# Other operations with the key of (?, ?) that hold a live claim (``{now}``: the clock).
+# Earlier ones are unsettled anyway; a later one is in flight only after an operator
+# forced an old update back in, which must then wait for it.
+BUSY_SQL = (
+    "SELECT COUNT(*) FROM operations o JOIN operations p ON p.ordering_key = o.ordering_key"
+    " WHERE o.bulk_uuid = ? AND o.idx = ? AND p.claimed_until IS NOT NULL"
+    " AND p.claimed_until > {now} AND NOT (p.bulk_uuid = o.bulk_uuid AND p.idx = o.idx)"
+)
+
+# Later operations with the key of (?, ?) already replayed, being replayed or complete:
+# replaying this one again would put an older write over a newer one.
 SUPERSEDED_SQL = (
     "SELECT COUNT(*) FROM operations o JOIN operations p ON p.ordering_key = o.ordering_key"
-    " AND p.ordering_seq > o.ordering_seq WHERE o.bulk_uuid = ? AND o.idx = ? AND p.status = 1"
+    " AND p.ordering_seq > o.ordering_seq WHERE o.bulk_uuid = ? AND o.idx = ?"
+    " AND p.ordering_key IS NOT NULL"
+    " AND (p.status = 1 OR p.attempts > 0 OR p.claimed_until IS NOT NULL)"
 )
 
 # Unsettled ordered operations of accepted bulks that wait behind an earlier one.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from asyncgate.store.queries import (
     AHEAD_SQL,
     BACKLOG_SQL,
     BULK_COLUMNS,
+    BUSY_SQL,
     OPERATION_COLUMNS,
     ORDERING_MIGRATION,
     SUPERSEDED_SQL,
@@ -108,6 +109,10 @@ def _now() -> str:
     return _ts(datetime.now(UTC))
 
 
+def _later(seconds: float) -> str:
+    return _ts(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
 _DIALECT = Dialect(like="LIKE", start_time_text="substr(b.start_time, 1, 19)", timestamp=_ts)
 
 
@@ -170,27 +175,47 @@ class SQLiteStore(Store):
             OperationStatus(status), attempts, bool(accepted), _dt(start_time), key
         )
 
-    async def record_outcome(self, bulk_uuid: str, index: int, outcome: OperationOutcome) -> None:
+    async def record_outcome(
+        self, bulk_uuid: str, index: int, outcome: OperationOutcome, claim: str | None = None
+    ) -> bool:
         # An operation that is gone (withdrawn, purged) is not recreated.
         sql = (
             "UPDATE operations SET status = :status, attempts = :attempts,"
             " http_status = :http_status, result_message = :result_message,"
             " result_serialized_data = :result_serialized_data, error_code = :error_code,"
-            " retry_at = :retry_at, claimed_until = NULL, updated_at = :now"
+            " retry_at = :retry_at, claimed_until = NULL, claim_token = NULL, updated_at = :now"
             " WHERE bulk_uuid = :bulk_uuid AND idx = :index"
+            + ("" if claim is None else " AND claim_token = :claim")
         )
-        params = dict(vars(outcome), now=_now(), bulk_uuid=bulk_uuid, index=index)
+        params = dict(vars(outcome), now=_now(), bulk_uuid=bulk_uuid, index=index, claim=claim)
         params["retry_at"] = None if outcome.retry_at is None else _ts(outcome.retry_at)
-        await self._write(lambda conn: _changed(conn, sql, params))
+        return bool(await self._write(lambda conn: _changed(conn, sql, params)))
 
-    async def claim_turn(self, bulk_uuid: str, index: int, attempt: int, until: datetime) -> Turn:
+    async def claim_turn(
+        self, bulk_uuid: str, index: int, attempt: int, token: str, lease: float
+    ) -> Turn:
         # Earlier operations only ever become settled, so a read that finds some unsettled
         # answers WAIT without taking the writer.  Otherwise one write job checks and
         # claims: the writer runs jobs one at a time, across processes (BEGIN IMMEDIATE).
         (ahead, next_retry), *_ = await self._rows(AHEAD_SQL, (bulk_uuid, index))
         if ahead:
             return Turn(TurnState.WAIT, ahead, None if next_retry is None else _dt(next_retry))
-        return await self._write(lambda conn: _claim(conn, bulk_uuid, index, attempt, _ts(until)))
+        return await self._write(lambda conn: _claim(conn, bulk_uuid, index, attempt, token, lease))
+
+    async def renew_claim(self, bulk_uuid: str, index: int, token: str, lease: float) -> bool:
+        sql = (
+            "UPDATE operations SET claimed_until = ?"
+            " WHERE bulk_uuid = ? AND idx = ? AND claim_token = ?"
+        )
+        params = (_later(lease), bulk_uuid, index, token)
+        return bool(await self._write(lambda conn: _changed(conn, sql, params)))
+
+    async def release_claim(self, bulk_uuid: str, index: int, token: str) -> None:
+        sql = (
+            "UPDATE operations SET claimed_until = NULL, claim_token = NULL"
+            " WHERE bulk_uuid = ? AND idx = ? AND claim_token = ?"
+        )
+        await self._write(lambda conn: _changed(conn, sql, (bulk_uuid, index, token)))
 
     async def ordering_backlog(self) -> OrderingBacklog:
         waiting, keys, oldest = (await self._rows(BACKLOG_SQL))[0]
@@ -202,12 +227,8 @@ class SQLiteStore(Store):
         rows = await self._write(lambda conn: conn.execute_fetchall(sql, (bulk_uuid,)))
         return sorted(idx for (idx,) in rows)
 
-    async def reopen(self, bulk_uuid: str, index: int) -> None:
-        sql = "UPDATE operations SET status = 4 WHERE bulk_uuid = ? AND idx = ?"
-        await self._write(lambda conn: _changed(conn, sql, (bulk_uuid, index)))
-
-    async def superseded(self, bulk_uuid: str, index: int) -> bool:
-        return bool((await self._rows(SUPERSEDED_SQL, (bulk_uuid, index)))[0][0])
+    async def reopen(self, bulk_uuid: str, index: int, force: bool = False) -> bool:
+        return await self._write(lambda conn: _reopen(conn, bulk_uuid, index, force))
 
     async def purge(self, older_than: datetime) -> int:
         sql = "DELETE FROM bulks WHERE start_time < ?"
@@ -328,14 +349,15 @@ async def _insert_bulk(conn: aiosqlite.Connection, bulk: NewBulk, now: str) -> N
         " error_code, ordering_key, ordering_seq, created_at, updated_at) VALUES (:bulk_uuid,"
         " :index, :topic, :status, :serialized_data, :result_message, :error_code,"
         " :ordering_key, CASE WHEN :ordering_key IS NULL THEN NULL ELSE (SELECT"
-        " COALESCE(MAX(ordering_seq), 0) + 1 FROM operations WHERE ordering_key = :ordering_key)"
+        " COALESCE(MAX(ordering_seq), 0) + 1 FROM operations WHERE ordering_key = :ordering_key"
+        " AND ordering_key IS NOT NULL)"
         " END, :now, :now)",
         [dict(vars(op), bulk_uuid=bulk.bulk_uuid, now=now) for op in bulk.operations],
     )
 
 
 async def _claim(
-    conn: aiosqlite.Connection, bulk_uuid: str, index: int, attempt: int, until: str
+    conn: aiosqlite.Connection, bulk_uuid: str, index: int, attempt: int, token: str, lease: float
 ) -> Turn:
     rows = list(
         await conn.execute_fetchall(
@@ -349,14 +371,25 @@ async def _claim(
     (ahead, next_retry), *_ = await conn.execute_fetchall(AHEAD_SQL, (bulk_uuid, index))
     if ahead:
         return Turn(TurnState.WAIT, ahead, None if next_retry is None else _dt(next_retry))
+    now = _now()
+    (busy,), *_ = await conn.execute_fetchall(BUSY_SQL.format(now="?"), (bulk_uuid, index, now))
     claimed_until = rows[0][2]
-    if claimed_until is not None and claimed_until > _now():
+    if busy or (claimed_until is not None and claimed_until > now):
         return Turn(TurnState.WAIT)
     await conn.execute_fetchall(
-        "UPDATE operations SET claimed_until = ? WHERE bulk_uuid = ? AND idx = ?",
-        (until, bulk_uuid, index),
+        "UPDATE operations SET claimed_until = ?, claim_token = ? WHERE bulk_uuid = ? AND idx = ?",
+        (_later(lease), token, bulk_uuid, index),
     )
     return Turn(TurnState.GRANTED)
+
+
+async def _reopen(conn: aiosqlite.Connection, bulk_uuid: str, index: int, force: bool) -> bool:
+    if not force:
+        (overtaken,), *_ = await conn.execute_fetchall(SUPERSEDED_SQL, (bulk_uuid, index))
+        if overtaken:
+            return False
+    sql = "UPDATE operations SET status = 4 WHERE bulk_uuid = ? AND idx = ?"
+    return bool(await _changed(conn, sql, (bulk_uuid, index)))
 
 
 async def _accept(conn: aiosqlite.Connection, bulk_uuid: str) -> None:

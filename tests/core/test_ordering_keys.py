@@ -14,7 +14,7 @@ CUSTOMER = '{"customer": {"email": "jane@example.com", "website_id": 1}}'
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
 def test_auto_keys_resource_writes_by_their_path(method: str) -> None:
-    assert ordering_key("auto", method, "/V1/products/24-MB01", PRODUCT) == "/V1/products/24-MB01"
+    assert ordering_key("auto", method, "/V1/products/24-MB01", PRODUCT) == "/v1/products/24-mb01"
 
 
 def test_auto_leaves_creates_unordered() -> None:
@@ -22,14 +22,33 @@ def test_auto_leaves_creates_unordered() -> None:
 
 
 def test_path_keys_every_method_and_none_keys_nothing() -> None:
-    assert ordering_key("path", "POST", "/V1/orders/7/comments", "{}") == "/V1/orders/7/comments"
+    assert ordering_key("path", "POST", "/V1/orders/7/comments", "{}") == "/v1/orders/7/comments"
     assert ordering_key("none", "PUT", "/V1/products/24-MB01", PRODUCT) is None
 
 
 def test_a_body_field_keys_by_its_value() -> None:
     key = ordering_key("body.customer.email", "POST", "/V1/customers", CUSTOMER)
-    assert key == "/V1/customers customer.email=jane@example.com"
-    assert ordering_key("body.product.price", "PUT", "/V1/x", PRODUCT) == "/V1/x product.price=12"
+    assert key == "/v1/customers customer.email=jane@example.com"
+    assert ordering_key("body.product.price", "PUT", "/V1/x", PRODUCT) == "/v1/x product.price=12"
+
+
+@pytest.mark.parametrize(
+    "alias", ["/V1/products/24-mb01", "/V1/products/24%2DMB01", "/V1/products/24-MB01/"]
+)
+def test_one_resource_has_one_key(alias: str) -> None:
+    """Encoding, case and a trailing slash do not make another resource (Magento's lookups
+    ignore case); two resources sharing a key would only cost concurrency."""
+    assert ordering_key("auto", "PUT", alias, "") == ordering_key(
+        "auto", "PUT", "/V1/products/24-MB01", ""
+    )
+
+
+def test_a_body_value_is_normalised_too() -> None:
+    rule = "body.customer.id"
+    five = ordering_key(rule, "POST", "/V1/x", '{"customer": {"id": 5}}')
+    assert five == ordering_key(rule, "POST", "/V1/x", '{"customer": {"id": 5.0}}')
+    upper = ordering_key("body.email", "POST", "/V1/x", '{"email": "A@X.COM"}')
+    assert upper == ordering_key("body.email", "POST", "/V1/x", '{"email": "a@x.com"}')
 
 
 @pytest.mark.parametrize(

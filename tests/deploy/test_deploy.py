@@ -230,7 +230,7 @@ tests:
       - series: 'asyncgate_consumer_last_success_timestamp_seconds'
         values: '0 60 120 180 240 300 300x54'
       - series: 'asyncgate_ordering_oldest_waiting_age_seconds'
-        values: '0+120x60'
+        values: '0+240x60'
     alert_rule_test:
       - eval_time: 50m
         alertname: AsyncgateWorkQueueGrowing

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import aiosqlite
 import asyncpg
@@ -587,6 +588,7 @@ def test_an_unknown_url_is_refused(url: str) -> None:
 
 GRANTED, WAIT, SETTLED = TurnState.GRANTED, TurnState.WAIT, TurnState.SETTLED
 LATER = datetime.now(UTC) + timedelta(minutes=5)
+EXPIRE_CLAIMS = "UPDATE operations SET claimed_until = '2000-01-01 00:00:00+00'"
 
 
 def keyed(uuid: str, *keys: str | None, start: datetime = T0) -> NewBulk:
@@ -598,8 +600,10 @@ def keyed(uuid: str, *keys: str | None, start: datetime = T0) -> NewBulk:
     return dataclasses.replace(bulk, operations=ops)
 
 
-async def claim(store: Store, uuid: str, index: int, attempt: int = 1) -> Turn:
-    return await store.claim_turn(uuid, index, attempt, LATER)
+async def claim(
+    store: Store, uuid: str, index: int, attempt: int = 1, token: str | None = None
+) -> Turn:
+    return await store.claim_turn(uuid, index, attempt, token or uuid4().hex, 300.0)
 
 
 async def test_a_keys_operations_take_turns_in_record_order(store: Store) -> None:
@@ -622,7 +626,7 @@ async def test_a_claimed_operation_waits_for_its_claim_to_end(store: Store, url:
     # A second copy of the same operation (a redelivery while the first is in flight).
     assert (await claim(store, "b1", 0)) == Turn(WAIT)
     # Its consumer died: once the claim expires, the copy may go.
-    await _raw(url, "UPDATE operations SET claimed_until = '2000-01-01 00:00:00+00'")
+    await _raw(url, EXPIRE_CLAIMS)
     assert (await claim(store, "b1", 0)).state is GRANTED
     # Recording the outcome ends the claim: a retry of it may claim at once.
     await store.record_outcome("b1", 0, retry_at(datetime.now(UTC)))
@@ -690,13 +694,59 @@ async def test_ordering_backlog_counts_operations_waiting_behind_another(store: 
     assert (backlog.waiting, backlog.keys, backlog.oldest_start) == (3, 2, T0)
 
 
-async def test_an_operation_is_superseded_once_a_later_one_with_its_key_completes(
-    store: Store,
+async def test_a_copy_whose_claim_was_taken_over_can_neither_renew_nor_record(
+    store: Store, url: str
 ) -> None:
-    await accepted(store, keyed("b1", "k", "k", None))
+    """The stale copy's late outcome must not undo the copy that took over."""
+    await accepted(store, keyed("b1", "k", "k"))
+    assert (await claim(store, "b1", 0, token="first")).state is GRANTED
+    await _raw(url, EXPIRE_CLAIMS)  # the first copy stalled past its lease
+    assert (await claim(store, "b1", 0, token="second")).state is GRANTED
+    assert not await store.renew_claim("b1", 0, "first", 300.0)
+    assert not await store.record_outcome("b1", 0, retry_at(LATER), claim="first")
+    assert await store.renew_claim("b1", 0, "second", 300.0)
+    assert (await claim(store, "b1", 1)) == Turn(WAIT, ahead=1)
+    assert await store.record_outcome("b1", 0, outcome(OperationStatus.COMPLETE), claim="second")
+    assert (await claim(store, "b1", 1)).state is GRANTED
+
+
+async def test_a_released_claim_lets_another_copy_go_at_once(store: Store) -> None:
+    await accepted(store, keyed("b1", "k"))
+    assert (await claim(store, "b1", 0, token="first")).state is GRANTED
+    await store.release_claim("b1", 0, "someone-else")  # not its claim: nothing happens
+    assert (await claim(store, "b1", 0)).state is WAIT
+    await store.release_claim("b1", 0, "first")
+    assert (await claim(store, "b1", 0)).state is GRANTED
+
+
+async def test_reopen_refuses_an_update_a_later_one_has_overtaken(store: Store) -> None:
+    await accepted(store, keyed("b1", "k", "k", "k", None))
+    failed = outcome(OperationStatus.NOT_RETRIABLY_FAILED, http=400)
+    await store.record_outcome("b1", 0, failed)
+    assert await store.reopen("b1", 0)  # nothing later has run: it may go first again
+    await store.record_outcome("b1", 0, failed)
+    assert (await claim(store, "b1", 1)).state is GRANTED  # a later one is in flight
+    assert not await store.reopen("b1", 0)
+    await store.record_outcome("b1", 1, retry_at(None))  # ...and failed for good
+    assert not await store.reopen("b1", 0)  # it still may have been applied
+    assert await store.reopen("b1", 3)  # unordered: nothing to overtake it
+    assert await store.reopen("b1", 0, force=True)
+
+
+async def test_a_forced_old_update_waits_for_a_later_one_in_flight(store: Store) -> None:
+    await accepted(store, keyed("b1", "k", "k"))
     await store.record_outcome("b1", 0, outcome(OperationStatus.NOT_RETRIABLY_FAILED, http=400))
-    assert not await store.superseded("b1", 0)
+    assert (await claim(store, "b1", 1)).state is GRANTED
+    assert await store.reopen("b1", 0, force=True)
+    assert (await claim(store, "b1", 0, attempt=2)).state is WAIT  # never beside it
     await store.record_outcome("b1", 1, outcome(OperationStatus.COMPLETE))
-    assert await store.superseded("b1", 0)
-    assert not await store.superseded("b1", 1)  # nothing after it
-    assert not await store.superseded("b1", 2)  # unordered
+    assert (await claim(store, "b1", 0, attempt=2)).state is GRANTED
+
+
+async def test_concurrent_bulks_number_a_keys_operations_without_gaps(store: Store) -> None:
+    """Many keys per bulk (5000 is Magento's bulk limit), bulks sharing keys at once."""
+    keys = [f"k{i}" for i in range(2000)]
+    await asyncio.gather(*(accepted(store, keyed(f"b{n}", *keys)) for n in range(4)))
+    for key in ("k0", "k1999"):
+        waiting = [await claim(store, f"b{n}", keys.index(key)) for n in range(4)]
+        assert sorted(t.ahead for t in waiting) == [0, 1, 2, 3]
