@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import aiohttp
 
@@ -41,11 +42,21 @@ from consumer.retry import Decision, RetryPolicy, Verdict, judge
 from consumer.turns import Turns, lease_seconds, pause, refresh_backlog
 
 log = get_logger("asyncgate.consumer")
+T = TypeVar("T")
 
 # A bulk still pending this long after it started was never answered 202 (its
 # gateway died between publishing and accepting): its messages are dropped.
 PENDING_GIVE_UP = timedelta(minutes=5)
 PENDING_RECHECK_DELAY = 1.0
+# A delivery whose handling failed (the store or the broker link down) is requeued
+# after a pause that doubles with each failure here, from 0.5 s up to 30 s: a tight
+# requeue loop would run through the quorum queue's delivery limit (100) within a
+# short outage, and RabbitMQ would park a healthy message as poison.
+HANDLING_BACKOFF = (0.5, 30.0)
+_FAILURES_REMEMBERED = 10_000
+# Recording an outcome is retried this long before the delivery goes back: once the
+# upstream has answered, a requeue would replay the operation a second time.
+RECORD_PATIENCE = 60.0
 
 _STATUS_OF = {
     Verdict.SUCCESS: OperationStatus.COMPLETE,
@@ -83,6 +94,7 @@ class Worker:
         self._cipher = CredentialCipher(keys) if keys else None
         self._turns = Turns(store, lease_seconds(settings))
         self._inflight: set[asyncio.Task[object]] = set()
+        self._failures: dict[str, int] = {}  # message id -> handling failures, oldest first
         # Settle steps run as their own tasks so that cancelling a handler never cuts
         # them in half; shutdown waits for them before the connection closes.
         self._settling: dict[Delivery, asyncio.Task[None]] = {}
@@ -121,10 +133,27 @@ class Worker:
                 await asyncio.shield(delivery.requeue())
             raise
         except Exception as exc:
-            # The store or the publishing link failed mid-way: hand the message back,
-            # or it would hold a prefetch slot until the consumer restarts.
-            log.error("operation_handling_failed", message_id=delivery.message_id, error=repr(exc))
-            await asyncio.shield(delivery.requeue())
+            # The store or the publishing link failed mid-way: hand the message back, or
+            # it would hold a prefetch slot until the consumer restarts; but not at once
+            # (see HANDLING_BACKOFF).  Holding it meanwhile also slows intake of more.
+            failures = self._failures.pop(delivery.message_id, 0) + 1
+            self._failures[delivery.message_id] = failures
+            while len(self._failures) > _FAILURES_REMEMBERED:
+                del self._failures[next(iter(self._failures))]
+            delay = min(HANDLING_BACKOFF[1], HANDLING_BACKOFF[0] * 2 ** (failures - 1))
+            log.error(
+                "operation_handling_failed",
+                message_id=delivery.message_id,
+                error=repr(exc),
+                failures=failures,
+                requeue_in=delay,
+            )
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                await asyncio.shield(delivery.requeue())
+        else:
+            self._failures.pop(delivery.message_id, None)
         finally:
             self._inflight.discard(task)
             metrics.CONSUMER_IN_FLIGHT.dec()
@@ -224,21 +253,19 @@ class Worker:
             await self._transport.dead_letter(
                 Outgoing(env.queue, env.to_bytes(), env.operation_id, _reasons(decision, attempt))
             )
-        recorded = await self._store.record_outcome(
-            env.bulk_uuid,
-            env.index,
-            OperationOutcome(
-                status=_STATUS_OF[decision.verdict],
-                attempts=env.attempt,
-                http_status=attempt.status,
-                result_message=decision.message,
-                result_serialized_data=attempt.body
-                if decision.verdict is Verdict.SUCCESS
-                else None,
-                error_code=attempt.status if decision.verdict is not Verdict.SUCCESS else None,
-                retry_at=retry_at,
-            ),
-            claim=None if claim is None else claim.token,
+        outcome = OperationOutcome(
+            status=_STATUS_OF[decision.verdict],
+            attempts=env.attempt,
+            http_status=attempt.status,
+            result_message=decision.message,
+            result_serialized_data=attempt.body if decision.verdict is Verdict.SUCCESS else None,
+            error_code=attempt.status if decision.verdict is not Verdict.SUCCESS else None,
+            retry_at=retry_at,
+        )
+        token = None if claim is None else claim.token
+        recorded = await _patiently(
+            lambda: self._store.record_outcome(env.bulk_uuid, env.index, outcome, claim=token),
+            "record_outcome",
         )
         if claim is not None:
             if not recorded:
@@ -328,6 +355,22 @@ def _reasons(decision: Decision, attempt: Attempt) -> dict[str, str]:
     if attempt.status is not None:
         headers["x-asyncgate-last-status"] = str(attempt.status)
     return headers
+
+
+async def _patiently(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """``step()``, retried with backoff for up to ``RECORD_PATIENCE`` seconds (a store
+    restarting); the last failure is raised."""
+    deadline = time.monotonic() + RECORD_PATIENCE
+    delay = 0.25
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("store_write_retried", step=what, error=repr(exc), retry_in=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def _every(seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
