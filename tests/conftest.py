@@ -5,9 +5,11 @@ Each test gets its own exchange name, so its queues are its own and are deleted 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -55,6 +57,21 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 
 StartServer = Callable[[web.Application], Awaitable[URL]]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], within: float, what: str = "condition"
+) -> None:
+    """Poll ``check`` (plain or async) until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not met within {within}s")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

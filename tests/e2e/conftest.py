@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from demo.payloads import seed_customer
 from demo.shop import SHOP_STATE, ShopConfig, ShopState, create_shop_app
 from gateway.app import create_app
 from gateway.keys import ADMIN_URL
-from tests.conftest import StartServer
+from tests.conftest import StartServer, eventually
 
 AUTH = {"Authorization": "Bearer admin-token"}
 
@@ -122,15 +120,7 @@ class Stack:
     async def wait_for(
         self, check: Callable[[], Awaitable[bool] | bool], within: float = 15.0
     ) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"condition not met within {within}s")
+        await eventually(check, within)
 
     async def bulk_done(
         self, bulk_uuid: str, final: frozenset[int] = frozenset({1, 2, 3, 5})
