@@ -14,7 +14,7 @@ from aiohttp import web
 
 from asyncgate.admin import start_admin
 from asyncgate.settings import Settings
-from asyncgate.store import create_store
+from asyncgate.store import create_store, open_patiently
 from asyncgate.transport import create_transport
 from consumer.replay import upstream_session
 from consumer.worker import (
@@ -36,7 +36,7 @@ class RunningConsumer:
 async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]:
     """Consume until the block exits, then drain gracefully and close everything."""
     store = create_store(settings.store.url)
-    await store.open()
+    await open_patiently(store)
     transport = create_transport(settings, "consumer")
     session = upstream_session(settings)
     tasks: list[asyncio.Task[None]] = []

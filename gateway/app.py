@@ -23,7 +23,7 @@ from asyncgate.logs import get_logger
 from asyncgate.ratelimit import PerCallerLimit
 from asyncgate.routes import find_route, parse_bulk_status, parse_rest_path
 from asyncgate.settings import Settings
-from asyncgate.store import create_store
+from asyncgate.store import create_store, open_patiently
 from asyncgate.transport import create_transport
 from gateway import intake, status
 from gateway.forwarding import client_info
@@ -99,7 +99,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[SESSION] = new_upstream_session(settings)
     app[STORE] = create_store(settings.store.url)
-    await app[STORE].open()
+    await open_patiently(app[STORE])
     app[TRANSPORT] = create_transport(settings, "gateway")
     await app[TRANSPORT].start()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from urllib.parse import urlsplit
 
 from asyncgate.store.base import (
@@ -33,6 +35,7 @@ __all__ = [
     "Store",
     "UserType",
     "create_store",
+    "open_patiently",
 ]
 
 _SQLITE_PREFIX = "sqlite:///"
@@ -57,3 +60,20 @@ def create_store(url: str) -> Store:
     raise ValueError(
         f"a store URL starts with sqlite:///, postgresql:// or postgres://, not {url!r}"
     )
+
+
+async def open_patiently(store: Store, within: float = 60.0) -> None:
+    """``store.open()``, retried with backoff for ``within`` seconds: a database that is
+    restarting, or a SQLite file locked by another process's migration, is not a reason
+    to exit at start-up.  The last failure is raised."""
+    deadline = time.monotonic() + within
+    delay = 0.25
+    while True:
+        try:
+            await store.open()
+            return
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)

@@ -52,6 +52,9 @@ def _with_heartbeat(url: str, name: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+_OPEN_TIMEOUT = 15.0  # seconds to connect, open the channel and declare the topology
+
+
 class _Link:
     """One connection with one channel, reopened with backoff whenever it is lost."""
 
@@ -110,9 +113,12 @@ class _Link:
         backoff = 0.2
         while not self._closed:
             try:
-                self.connection = await aiormq.connect(self._url)
-                self.channel = await self.connection.channel(publisher_confirms=True)
-                await self._on_open(self.channel)
+                # Bounded: a peer that accepts and then never answers (a blackholed or
+                # half-open broker) would otherwise hold the reconnect here for good.
+                async with asyncio.timeout(_OPEN_TIMEOUT):
+                    self.connection = await aiormq.connect(self._url)
+                    self.channel = await self.connection.channel(publisher_confirms=True)
+                    await self._on_open(self.channel)
                 self._ready.set()
                 self._connected_gauge.set(1)
                 log.info("broker_connected", link=self._name)

@@ -28,6 +28,7 @@ from asyncgate.store import (
     Store,
     UserType,
     create_store,
+    open_patiently,
 )
 from asyncgate.store.base import Turn, TurnState
 
@@ -750,3 +751,24 @@ async def test_concurrent_bulks_number_a_keys_operations_without_gaps(store: Sto
     for key in ("k0", "k1999"):
         waiting = [await claim(store, f"b{n}", keys.index(key)) for n in range(4)]
         assert sorted(t.ahead for t in waiting) == [0, 1, 2, 3]
+
+
+async def test_a_store_locked_at_start_up_is_opened_once_the_lock_goes(tmp_path: Path) -> None:
+    """Another process holds the write lock past busy_timeout: start-up waits, not exits."""
+    path = tmp_path / "locked.db"
+    first = SQLiteStore(path)
+    await first.open()
+    await first.close()
+    holder = await aiosqlite.connect(path)
+    await holder.execute("BEGIN EXCLUSIVE")
+    release = asyncio.get_running_loop().call_later(
+        7, lambda: asyncio.ensure_future(holder.commit())
+    )
+    store = SQLiteStore(path)
+    try:
+        await open_patiently(store, within=30)
+        await accepted(store, new_bulk("b1"))
+    finally:
+        release.cancel()
+        await store.close()
+        await holder.close()
