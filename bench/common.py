@@ -317,9 +317,15 @@ def wrk_binary() -> str:
 
 
 async def run_wrk(
-    url: str, connections: int, seconds: float, script: Path | None = None, threads: int = 1
+    url: str,
+    connections: int,
+    seconds: float,
+    script: Path | None = None,
+    threads: int = 1,
+    reply_timeout: float = 2.0,  # wrk's default; a slower reply counts as a timeout
 ) -> WrkResult:
     argv = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    argv.append(f"--timeout={reply_timeout:g}s")
     if script is not None:
         argv += ["-s", str(script)]
     argv.append(url)

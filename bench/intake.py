@@ -115,7 +115,10 @@ async def run(workdir: Path, quick: bool) -> list[Row]:
                 stack.gateway_url + INTAKE_PATH, CLIENTS, seconds, INTAKE_LUA
             )
             if kind == "RabbitMQ":
-                bulk = await run_wrk(stack.gateway_url + BULK_PATH, CLIENTS, seconds, BULK_LUA)
+                # A bulk of 100 takes longer than wrk's default 2 s timeout at 64 clients.
+                bulk = await run_wrk(
+                    stack.gateway_url + BULK_PATH, CLIENTS, seconds, BULK_LUA, reply_timeout=30
+                )
             stack.stop()
         ceiling, c50, c99 = await _ceiling_in_child(seconds)
     finally:
@@ -149,14 +152,15 @@ async def run(workdir: Path, quick: bool) -> list[Row]:
     rate = _accepted(bulk) * BULK_ITEMS
     rows.append(
         Row(
-            name=f"Async intake, RabbitMQ, bulks of {BULK_ITEMS} (for scale)",
+            name=f"Async intake, RabbitMQ, bulks of {BULK_ITEMS}",
             load="wrk + Lua body (C, one thread)",
             figure=(
                 f"{rate:,.0f} accepted ops/s ({bulk.non_2xx} non-202 requests), request p50"
                 f" {bulk.p50_ms:.1f} ms, p99 {bulk.p99_ms:.1f} ms at {CLIENTS} clients"
             ),
             ratio=f"{rate / ceiling:.2f}x the raw aiormq ceiling",
-            target="(none: the per-request cost, not the broker, bounds the row above)",
+            target="≥ 3,000 ops/s and ≥ 0.5x the raw ceiling",
+            met=rate >= 3000 and rate / ceiling >= 0.5,
             command=bulk.command,
         )
     )
