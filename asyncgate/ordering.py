@@ -46,14 +46,13 @@ def ordering_key(rule: str, method: str, v1_path: str, body: str) -> str | None:
     """The key of one operation (readable text), or None when it is unordered."""
     if rule == "none":
         return None
-    resource = _normal_path(v1_path)
     if rule == "auto":
-        return resource if method in ORDERED_BY_DEFAULT else None
+        return _normal_path(v1_path) if method in ORDERED_BY_DEFAULT else None
     if rule == "path":
-        return resource
+        return _normal_path(v1_path)
     field = rule[len(_BODY) :]
     value = _field(body, field.split("."))
-    return None if value is None else f"{resource} {field}={value}"
+    return None if value is None else f"{_normal_path(v1_path)} {field}={value}"
 
 
 def digest(key: str) -> str:

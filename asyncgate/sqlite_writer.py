@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +63,42 @@ async def open_connections(
         await writer.close()
         raise
     return writer, reader
+
+
+async def migrate(
+    conn: aiosqlite.Connection,
+    version_table: str,
+    migrations: Sequence[Sequence[str]],
+    what: str,
+) -> None:
+    """Apply the steps of ``migrations`` this file lacks (version N is ``migrations[N - 1]``,
+    a step is never edited once released, only appended), recording each version in
+    ``version_table``.  BEGIN IMMEDIATE makes a second process starting at once wait."""
+    await conn.execute_fetchall("BEGIN IMMEDIATE")
+    try:
+        await conn.execute_fetchall(
+            f"CREATE TABLE IF NOT EXISTS {version_table}"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        rows = await conn.execute_fetchall(f"SELECT COALESCE(MAX(version), 0) FROM {version_table}")
+        current = int(next(iter(rows))[0])
+        if current > len(migrations):
+            raise RuntimeError(
+                f"{what} has schema version {current}; this program knows up to"
+                f" {len(migrations)}: upgrade it"
+            )
+        for version, steps in enumerate(migrations[current:], start=current + 1):
+            for sql in steps:
+                await conn.execute_fetchall(sql)
+            await conn.execute_fetchall(
+                f"INSERT INTO {version_table} (version, applied_at) VALUES (?, ?)",
+                (version, datetime.now(UTC).isoformat(" ", "microseconds")),
+            )
+        await conn.execute_fetchall("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute_fetchall("ROLLBACK")
+        raise
 
 
 async def _enable_wal(conn: aiosqlite.Connection) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,15 +108,6 @@ async def wait_http(url: str, within: float = 30.0, proc: Any = None) -> None:
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {within:.0f} s")
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{what}: not done within {within:.0f} s")
 
 
 def write_config(

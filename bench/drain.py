@@ -67,6 +67,21 @@ async def shop_capacity(shop: str, seconds: float, clients: int = 16) -> float:
     return (await writes_at(shop + "/_shop/stats") - before) / took
 
 
+async def _drain(
+    procs: Procs, exchanges: list[str], name: str, upstream: str, stats: str, total: int
+) -> float:
+    """Queue ``total`` operations with no consumer running, then time its drain."""
+    stack = make_stack(procs, name, upstream)
+    exchanges.append(stack.exchange)
+    await stack.start_gateway()
+    await feed(stack.gateway_url, 0, total, 500, name)
+    before = await writes_at(upstream + stats)
+    await stack.start_consumer()
+    rate = await drain_rate(upstream + stats, total, before, 120)
+    stack.stop()
+    return rate
+
+
 async def run(workdir: Path, quick: bool) -> list[Row]:
     fast_total = 3000 if quick else 10000
     shop_total = 400 if quick else 1000
@@ -74,25 +89,10 @@ async def run(workdir: Path, quick: bool) -> list[Row]:
     exchanges: list[str] = []
     try:
         upstream = await start_upstream(procs)
-        stack = make_stack(procs, "drain-fast", upstream)
-        exchanges.append(stack.exchange)
-        await stack.start_gateway()
-        await feed(stack.gateway_url, 0, fast_total, 500, "fast")
-        before = await writes_at(upstream + "/_stats")
-        await stack.start_consumer()
-        fast = await drain_rate(upstream + "/_stats", fast_total, before, 120)
-        stack.stop()
-
+        fast = await _drain(procs, exchanges, "drain-fast", upstream, "/_stats", fast_total)
         shop = await start_shop(procs, SHOP_SERVICE_TIME)
         capacity = await shop_capacity(shop, 2 if quick else 4)
-        stack = make_stack(procs, "drain-shop", shop)
-        exchanges.append(stack.exchange)
-        await stack.start_gateway()
-        await feed(stack.gateway_url, 0, shop_total, 500, "drain")
-        before = await writes_at(shop + "/_shop/stats")
-        await stack.start_consumer()
-        slow = await drain_rate(shop + "/_shop/stats", shop_total, before, 120)
-        stack.stop()
+        slow = await _drain(procs, exchanges, "drain-shop", shop, "/_shop/stats", shop_total)
     finally:
         procs.stop_all()
         for exchange in exchanges:

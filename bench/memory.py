@@ -18,9 +18,9 @@ from bench.common import (
     make_stack,
     rss_bytes,
     start_upstream,
-    wait_until,
     writes_at,
 )
+from demo.experiment import wait_until
 
 BULK = 1000
 
@@ -43,7 +43,7 @@ async def run(workdir: Path, quick: bool) -> list[Row]:
             async def replayed(n: int = upto) -> bool:
                 return await writes_at(upstream + "/_stats") >= n
 
-            await wait_until(replayed, 300, f"{upto} replays")
+            await wait_until(replayed, 300, f"{upto} replays not done")
             await asyncio.sleep(1)  # let the last settles and the store writer finish
             rss["gateway"].append(await rss_bytes(stack.gateway_admin))
             rss["consumer"].append(await rss_bytes(stack.consumer_admin))

@@ -16,14 +16,14 @@ from asyncgate.admin import start_admin
 from asyncgate.settings import Settings
 from asyncgate.store import create_store, open_patiently
 from asyncgate.transport import create_transport
-from consumer.replay import upstream_session
-from consumer.worker import (
-    Worker,
+from consumer.housekeeping import (
     purge_periodically,
     refresh_depth,
     refresh_ordering_backlog,
     withdraw_stale_periodically,
 )
+from consumer.replay import upstream_session
+from consumer.worker import Worker
 
 
 @dataclass

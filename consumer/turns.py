@@ -114,14 +114,3 @@ def pause(turn: Turn, tiers: Sequence[int]) -> float:
         due = (turn.next_retry - datetime.now(UTC)).total_seconds()
         wanted = max(wanted, due)
     return float(max([t for t in tiers if t <= wanted], default=min(tiers)))
-
-
-async def refresh_backlog(store: Store) -> None:
-    """Export the ordering backlog: how many operations wait behind an earlier one."""
-    backlog = await store.ordering_backlog()
-    metrics.ORDERING_WAITING.set(backlog.waiting)
-    metrics.ORDERING_KEYS_WAITING.set(backlog.keys)
-    age = 0.0
-    if backlog.oldest_start is not None:
-        age = max(0.0, (datetime.now(UTC) - backlog.oldest_start).total_seconds())
-    metrics.ORDERING_OLDEST_WAITING_SECONDS.set(age)

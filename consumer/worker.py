@@ -22,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import aiohttp
 
 from asyncgate import metrics
+from asyncgate.backoff import patiently
 from asyncgate.crypto import CredentialCipher
 from asyncgate.envelope import Envelope, EnvelopeError
 from asyncgate.logs import get_logger
@@ -39,10 +38,9 @@ from asyncgate.store.base import OperationOutcome, OperationStatus, Store, Turn,
 from asyncgate.transport import Delivery, Outgoing, Transport
 from consumer.replay import Attempt, UnsupportedAuth, replay
 from consumer.retry import Decision, RetryPolicy, Verdict, judge
-from consumer.turns import Turns, lease_seconds, pause, refresh_backlog
+from consumer.turns import Turns, lease_seconds, pause
 
 log = get_logger("asyncgate.consumer")
-T = TypeVar("T")
 
 # A bulk still pending this long after it started was never answered 202 (its
 # gateway died between publishing and accepting): its messages are dropped.
@@ -263,8 +261,9 @@ class Worker:
             retry_at=retry_at,
         )
         token = None if claim is None else claim.token
-        recorded = await _patiently(
+        recorded = await patiently(
             lambda: self._store.record_outcome(env.bulk_uuid, env.index, outcome, claim=token),
+            RECORD_PATIENCE,
             "record_outcome",
         )
         if claim is not None:
@@ -355,74 +354,3 @@ def _reasons(decision: Decision, attempt: Attempt) -> dict[str, str]:
     if attempt.status is not None:
         headers["x-asyncgate-last-status"] = str(attempt.status)
     return headers
-
-
-async def _patiently(step: Callable[[], Awaitable[T]], what: str) -> T:
-    """``step()``, retried with backoff for up to ``RECORD_PATIENCE`` seconds (a store
-    restarting); the last failure is raised."""
-    deadline = time.monotonic() + RECORD_PATIENCE
-    delay = 0.25
-    while True:
-        try:
-            return await step()
-        except Exception as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("store_write_retried", step=what, error=repr(exc), retry_in=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
-
-
-async def _every(seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run ``step`` every ``seconds`` until cancelled; a failed step is logged, not fatal."""
-    while True:
-        try:
-            await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("periodic_task_failed", task=what, error=repr(exc))
-        task = asyncio.current_task()
-        # aiormq can swallow a cancellation that lands inside one of its calls; stop anyway.
-        if task is not None and task.cancelling():
-            return
-        await asyncio.sleep(seconds)
-
-
-async def refresh_depth(transport: Transport, every: float) -> None:
-    """Export queue depth: the RabbitMQ GUI's numbers, where Prometheus can see them."""
-
-    async def step() -> None:
-        for depth in await transport.depth():
-            metrics.QUEUE_READY.labels(depth.queue, depth.kind).set(depth.ready)
-            metrics.QUEUE_CONSUMERS.labels(depth.queue, depth.kind).set(depth.consumers)
-
-    await _every(every, step, "queue-depth")
-
-
-async def refresh_ordering_backlog(store: Store, every: float) -> None:
-    """Export how many operations wait behind an earlier one with their ordering key."""
-    await _every(every, lambda: refresh_backlog(store), "ordering-backlog")
-
-
-async def purge_periodically(store: Store, lifetime_days: float, every: float = 3600.0) -> None:
-    """Retention: bulks older than the lifetime go, as Magento's system/bulk/lifetime."""
-
-    async def step() -> None:
-        removed = await store.purge(datetime.now(UTC) - timedelta(days=lifetime_days))
-        if removed:
-            log.info("bulks_purged", expired=removed)
-
-    await _every(every, step, "retention-purge")
-
-
-async def withdraw_stale_periodically(store: Store, every: float = 60.0) -> None:
-    """Bulks never accepted (their gateway died mid-intake) go soon: their operations
-    would hold back later operations with the same ordering keys."""
-
-    async def step() -> None:
-        stale = await store.withdraw_stale_pending(datetime.now(UTC) - PENDING_GIVE_UP)
-        if stale:
-            log.info("bulks_purged", never_accepted=stale)
-
-    await _every(every, step, "stale-pending")

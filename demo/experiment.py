@@ -117,13 +117,15 @@ def count(shop: ShopState, mode: str) -> tuple[int, int]:
     return len(emails), duplicates
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], limit: float) -> None:
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], limit: float, what: str = "not done"
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if await check():
             return
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"not done within {limit:.0f} s")
+    raise TimeoutError(f"{what} within {limit:.0f} s")
 
 
 def write_config(workdir: Path, shop_port: int, gateway_port: int) -> Path:

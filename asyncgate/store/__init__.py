@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from urllib.parse import urlsplit
 
+from asyncgate.backoff import patiently
 from asyncgate.store.base import (
     BulkFilter,
     BulkView,
@@ -63,17 +62,7 @@ def create_store(url: str) -> Store:
 
 
 async def open_patiently(store: Store, within: float = 60.0) -> None:
-    """``store.open()``, retried with backoff for ``within`` seconds: a database that is
-    restarting, or a SQLite file locked by another process's migration, is not a reason
-    to exit at start-up.  The last failure is raised."""
-    deadline = time.monotonic() + within
-    delay = 0.25
-    while True:
-        try:
-            await store.open()
-            return
-        except Exception:
-            if time.monotonic() + delay > deadline:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+    """``store.open()``, retried for ``within`` seconds: a database that is restarting, or
+    a SQLite file locked by another process's migration, is not a reason to exit at
+    start-up."""
+    await patiently(store.open, within, "open the store")

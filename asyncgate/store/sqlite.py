@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from asyncgate.sqlite_writer import GroupCommitWriter, open_connections
+from asyncgate.sqlite_writer import GroupCommitWriter, migrate, open_connections
 from asyncgate.store.base import (
     BulkFilter,
     BulkView,
@@ -307,33 +307,7 @@ def _not_open() -> RuntimeError:
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Apply the missing migration steps; BEGIN IMMEDIATE makes a second process wait."""
-    await conn.execute_fetchall("BEGIN IMMEDIATE")
-    try:
-        await conn.execute_fetchall(
-            "CREATE TABLE IF NOT EXISTS schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        rows = list(
-            await conn.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-        )
-        current = int(rows[0][0])
-        if current > len(_MIGRATIONS):
-            raise RuntimeError(
-                f"the database has schema version {current}; this program knows up to"
-                f" {len(_MIGRATIONS)}: upgrade it"
-            )
-        for version, steps in enumerate(_MIGRATIONS[current:], start=current + 1):
-            for sql in steps:
-                await conn.execute_fetchall(sql)
-            await conn.execute_fetchall(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, _now())
-            )
-        await conn.execute_fetchall("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            await conn.execute_fetchall("ROLLBACK")
-        raise
+    await migrate(conn, "schema_version", _MIGRATIONS, "the database")
 
 
 async def _insert_bulk(conn: aiosqlite.Connection, bulk: NewBulk, now: str) -> None:

@@ -36,7 +36,7 @@ from asyncgate import metrics
 from asyncgate.errors import PublishError
 from asyncgate.logs import get_logger
 from asyncgate.settings import Settings
-from asyncgate.sqlite_writer import GroupCommitWriter, open_connections
+from asyncgate.sqlite_writer import GroupCommitWriter, migrate, open_connections
 from asyncgate.transport.amqp import DELIVERY_LIMIT, QUEUE_HEADER
 from asyncgate.transport.base import Delivery, Handler, Outgoing, QueueDepth, Transport
 
@@ -399,31 +399,4 @@ async def _release(conn: aiosqlite.Connection, held: list[SqliteDelivery]) -> No
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
-    """As the store's: BEGIN IMMEDIATE makes a second process wait; own version table."""
-    await conn.execute_fetchall("BEGIN IMMEDIATE")
-    try:
-        await conn.execute_fetchall(
-            "CREATE TABLE IF NOT EXISTS queue_schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        rows = await conn.execute_fetchall(
-            "SELECT COALESCE(MAX(version), 0) FROM queue_schema_version"
-        )
-        current = int(next(iter(rows))[0])
-        if current > len(_MIGRATIONS):
-            raise RuntimeError(
-                f"the queue tables have schema version {current}; this program knows up to"
-                f" {len(_MIGRATIONS)}: upgrade it"
-            )
-        for version, steps in enumerate(_MIGRATIONS[current:], start=current + 1):
-            for sql in steps:
-                await conn.execute_fetchall(sql)
-            await conn.execute_fetchall(
-                "INSERT INTO queue_schema_version (version, applied_at) VALUES (?, ?)",
-                (version, time.time()),
-            )
-        await conn.execute_fetchall("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            await conn.execute_fetchall("ROLLBACK")
-        raise
+    await migrate(conn, "queue_schema_version", _MIGRATIONS, "the queue tables")
